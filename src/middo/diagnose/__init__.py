@@ -1,0 +1,1 @@
+"""Tri-axial diagnosis: measuring (complexity, diversity, quality) is separate from deciding (thresholds)."""

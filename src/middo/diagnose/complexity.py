@@ -1,0 +1,80 @@
+"""Complexity signal: mean cross-entropy of the response tokens, prompt masked, through the chat template.
+
+Fast path: one decoder pass per length-sorted, token-budgeted batch; the LM head runs only on the positions that are
+scored, in chunks, so no ``[batch, seq, vocab]`` logits tensor is ever built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from middo.diagnose.batching import pad_batch, token_budget_batches
+from middo.modeling import decoder_hidden
+from middo.records import Record
+
+
+def _ids(encoded) -> list[int]:
+    return list(encoded["input_ids"] if not isinstance(encoded, list) else encoded)
+
+
+def tokenize_for_loss(tokenizer, records: Sequence[Record], max_length: int) -> list[tuple[list[int], int]]:
+    """``(full_ids, n_prompt)`` per record; the response is whatever the template puts after the prompt.
+
+    Sequences longer than ``max_length`` are cut at the end, as SFT training cuts them, so the loss matches what the
+    model is trained on.
+    """
+    out = []
+    for rec in records:
+        prompt = _ids(tokenizer.apply_chat_template(rec.messages(False), add_generation_prompt=True, tokenize=True))
+        full = _ids(tokenizer.apply_chat_template(rec.messages(True), tokenize=True))
+        if full[: len(prompt)] != prompt:  # a template that rewrites earlier turns; fall back to concatenation
+            full = prompt + tokenizer(rec.output + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+        out.append((full[:max_length], min(len(prompt), max_length)))
+    return out
+
+
+@torch.inference_mode()
+def response_losses(
+    model: torch.nn.Module,
+    encoded: Sequence[tuple[list[int], int]],
+    pad_id: int,
+    device: torch.device,
+    max_tokens: int = 8192,
+    head_chunk: int = 1024,
+    padding_side: str = "right",
+    desc: str = "loss",
+) -> np.ndarray:
+    """Per-sample mean response-token loss (float64); NaN where no response token survived truncation."""
+    losses = np.full(len(encoded), np.nan)
+    head = model.get_output_embeddings()
+    batches = token_budget_batches([len(ids) for ids, _ in encoded], max_tokens)
+    with tqdm(total=len(encoded), desc=desc, unit="sample") as bar:
+        for batch in batches:
+            ids, mask = pad_batch([encoded[i][0] for i in batch], pad_id, padding_side)
+            ids, mask = ids.to(device), mask.to(device)
+            hidden = decoder_hidden(model, ids, mask)
+            # scored[b, t] is True where position t predicts a response token t+1
+            scored = torch.zeros_like(mask, dtype=torch.bool)
+            for row, i in enumerate(batch):
+                full, n_prompt = encoded[i]
+                offset = ids.shape[1] - len(full) if padding_side == "left" else 0
+                scored[row, offset + n_prompt - 1 : offset + len(full) - 1] = True
+            rows, cols = scored.nonzero(as_tuple=True)
+            targets = ids[rows, cols + 1]
+            token_loss = torch.empty(len(rows), dtype=torch.float32, device=device)
+            for start in range(0, len(rows), head_chunk):
+                sl = slice(start, start + head_chunk)
+                logits = head(hidden[rows[sl], cols[sl]]).float()
+                token_loss[sl] = F.cross_entropy(logits, targets[sl], reduction="none")
+            sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, token_loss.double())
+            counts = torch.bincount(rows, minlength=len(batch))
+            for row, i in enumerate(batch):
+                if counts[row] > 0:
+                    losses[i] = (sums[row] / counts[row]).item()
+            bar.update(len(batch))
+    return losses

@@ -1,0 +1,98 @@
+"""Diversity signal: prompt embeddings and each sample's mean cosine similarity to its k nearest neighbours.
+
+Embedding = mean of the model's last hidden state over the prompt's non-padding tokens (instruction and input as
+plain text, no chat template, as the reference does). kNN is a chunked matmul top-k: memory is O(chunk·N + N·k),
+never N×N, so 100k samples fit on a laptop and 1M on one GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from middo.diagnose.batching import pad_batch, token_budget_batches
+from middo.modeling import decoder_hidden
+
+
+@torch.inference_mode()
+def prompt_embeddings(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    device: torch.device,
+    max_length: int = 512,
+    max_tokens: int = 16384,
+    padding_side: str = "right",
+    desc: str = "embed",
+) -> np.ndarray:
+    """Mean-pooled last hidden states, float32 ``[N, H]``, in input order."""
+    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] or [tokenizer.eos_token_id]
+               for t in texts]
+    out: np.ndarray | None = None
+    with tqdm(total=len(texts), desc=desc, unit="sample") as bar:
+        for batch in token_budget_batches([len(e) for e in encoded], max_tokens):
+            ids, mask = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, padding_side)
+            ids, mask = ids.to(device), mask.to(device)
+            hidden = decoder_hidden(model, ids, mask).float()
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1)
+            if out is None:
+                out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
+            out[batch] = pooled.cpu().numpy()
+            bar.update(len(batch))
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def _chunk_rows(n: int, max_elems: int) -> int:
+    return max(1, min(n, max_elems // max(n, 1)))
+
+
+@torch.inference_mode()
+def knn_similarity(
+    embeddings: np.ndarray | torch.Tensor,
+    k: int = 2,
+    device: str | torch.device = "cpu",
+    max_elems: int = 1 << 26,
+    return_indices: bool = False,
+):
+    """Mean cosine similarity of each row to its ``k`` nearest other rows (self excluded).
+
+    Args:
+        embeddings: ``[N, H]`` vectors (any scale; rows are L2-normalised here).
+        k: neighbours per row; must be < N.
+        device: where the matmuls run (``cuda`` for millions of rows).
+        max_elems: cap on the similarity block held at once (rows_per_chunk × N).
+        return_indices: also return the ``[N, k]`` neighbour indices.
+
+    Raises:
+        ValueError: ``k`` is not in ``1..N-1``.
+    """
+    x = torch.as_tensor(embeddings, dtype=torch.float32).to(device)
+    n = x.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be between 1 and N-1 = {n - 1}, got {k}")
+    x = torch.nn.functional.normalize(x, dim=1)
+    sims = torch.empty(n, dtype=torch.float32)
+    idx = torch.empty((n, k), dtype=torch.long)
+    step = _chunk_rows(n, max_elems)
+    for start in tqdm(range(0, n, step), desc="knn", unit="chunk", disable=n <= step):
+        stop = min(start + step, n)
+        block = x[start:stop] @ x.T
+        rows = torch.arange(stop - start, device=block.device)
+        block[rows, rows + start] = -float("inf")  # a sample is not its own neighbour
+        top, top_idx = block.topk(k, dim=1)
+        sims[start:stop] = top.mean(1).cpu()
+        idx[start:stop] = top_idx.cpu()
+    sims_np = sims.clamp_(-1.0, 1.0).numpy().astype(np.float64)
+    return (sims_np, idx.numpy()) if return_indices else sims_np
+
+
+def knn_similarity_bruteforce(embeddings: np.ndarray, k: int = 2) -> np.ndarray:
+    """The N×N reference, for tests and benchmarks only."""
+    x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    return np.sort(s, axis=1)[:, ::-1][:, :k].mean(1)

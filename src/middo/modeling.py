@@ -1,0 +1,67 @@
+"""Loading a causal LM for scoring, and the two tensors every diagnoser needs from it.
+
+Scoring never needs logits over the full vocabulary at every position: we run the decoder body once and apply the
+LM head only where a loss is wanted. ``decoder_hidden`` returns the last hidden state (after the final norm, which is
+what ``hidden_states[-1]`` means in transformers) so complexity and diversity share one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from middo.device import resolve_device, resolve_dtype
+from middo.errors import MiddoError
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    path: str
+
+
+def load_model(
+    path: str | Path, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
+) -> LoadedModel:
+    """Load a local HF folder for inference (eval mode, no hub access).
+
+    Raises:
+        MiddoError: the folder does not exist or is not a model folder.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise MiddoError(f"{path}: not a model folder (no config.json); run `dvc repro` for the stage that makes it")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dt, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    model.to(dev).eval()
+    return LoadedModel(model, tokenizer, dev, dt, str(path))
+
+
+def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer without its LM head (``model.model`` for Llama/Qwen/Mistral...)."""
+    body = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    if body is None:
+        raise MiddoError(f"{type(model).__name__}: cannot find the decoder body to score without full logits")
+    return body
+
+
+def decoder_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden state ``[B, T, H]``; positions come from the mask so left and right padding give equal results."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = decoder_body(model)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]

@@ -1,0 +1,36 @@
+"""Shared fixtures and the one place where hardware markers turn into skips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "tests" / "assets"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    """The embedded default model converted to a HF folder, once per machine (reused across runs)."""
+    from middo.base_model import materialise
+
+    cached = Path(os.environ.get("MIDDO_TEST_MODEL", ROOT / ".cache" / "models" / "smollm2-135m-instruct"))
+    if not (cached / "config.json").is_file():
+        materialise("embedded:smollm2-135m-instruct", cached)
+    return cached
