@@ -34,3 +34,11 @@ def base_model_dir() -> Path:
     if not (cached / "config.json").is_file():
         materialise("embedded:smollm2-135m-instruct", cached)
     return cached
+
+
+@pytest.fixture(scope="session")
+def scoring_model(base_model_dir):
+    """The default model loaded once for all scoring tests (float32 on CPU)."""
+    from middo.modeling import load_model
+
+    return load_model(base_model_dir, "cpu", "float32")

@@ -66,10 +66,72 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ComplexityConfig:
+    m: float = knob(1.0, "Flag when loss > mean + m*std under both base and current model.", ge=0)
+    max_length: int = knob(1024, "Cut chat-formatted samples to this many tokens (as SFT does).", ge=16)
+
+
+@dataclass(frozen=True)
+class DiversityConfig:
+    m: float = knob(1.0, "Flag when mean kNN similarity < mean - m*std.", ge=0)
+    k: int = knob(2, "Neighbours per sample (self excluded).", ge=1)
+    max_length: int = knob(512, "Cut prompts to this many tokens before embedding.", ge=1)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    m: float = knob(1.0, "Flag when the mean judged score < mean - m*std.", ge=0)
+    mode: Literal["logits", "generate"] = knob(
+        "logits", "logits: expected value over '0'..'10' in one pass; generate: parse a short greedy answer."
+    )
+    compare_modes: bool = knob(False, "Also run the other mode and report the agreement rate (doubles the cost).")
+    max_chars: int = knob(2000, "Clip instruction and response to this many characters inside the judge prompt.", ge=50)
+    max_new_tokens: int = knob(8, "Answer length in generate mode.", ge=1)
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    max_tokens: int = knob(8192, "Token budget per batch (padded tokens); raise on GPUs.", ge=64)
+    complexity: ComplexityConfig = field(default_factory=ComplexityConfig)
+    diversity: DiversityConfig = field(default_factory=DiversityConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = knob(False, "Train LoRA adapters (peft) instead of the full model; merged before saving.")
+    r: int = knob(16, "LoRA rank.", ge=1)
+    alpha: int = knob(32, "LoRA alpha.", ge=1)
+    dropout: float = knob(0.05, "LoRA dropout.", ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = knob(1.0, "Passes over the round's dataset.", gt=0)
+    max_steps: int = knob(-1, "Stop after this many optimizer steps (-1: run all epochs).", ge=-1)
+    learning_rate: float = knob(2e-5, "Peak learning rate.", gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = knob("cosine", "LR schedule.")
+    warmup_ratio: float = knob(0.03, "Fraction of steps spent warming up.", ge=0, le=1)
+    weight_decay: float = knob(0.0, "AdamW weight decay.", ge=0)
+    batch_size: int = knob(4, "Per-device micro-batch size.", ge=1)
+    grad_accum: int = knob(1, "Gradient accumulation steps (effective batch = batch_size * grad_accum * GPUs).", ge=1)
+    max_length: int = knob(512, "Cutoff length in tokens (paper: 4096).", ge=16)
+    packing: bool = knob(False, "Pack samples into max_length blocks (TRL packing).")
+    gradient_checkpointing: bool = knob(False, "Trade compute for memory.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = knob("sdpa", "Attention kernel.")
+    liger: bool = knob(False, "Use Liger kernels (CUDA + liger-kernel).")
+    deepspeed: str = knob("", "Path to a DeepSpeed JSON config (configs/deepspeed/zero2.json, zero3.json) or ''.")
+    logging_steps: int = knob(1, "Log the training loss every N steps.", ge=1)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass(frozen=True)
 class Params:
     base: BaseConfig = field(default_factory=BaseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _type_name(tp: Any) -> str:
