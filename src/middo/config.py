@@ -57,7 +57,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    seed_path: str = knob("data/seed/seed.jsonl", "The starting dataset (Alpaca/ShareGPT/OpenAI JSON(L), Parquet, HF).")
+    seed_path: str = knob(
+        "data/seed/seed.jsonl", "The starting dataset (Alpaca/ShareGPT/OpenAI JSON(L), Parquet, HF)."
+    )
     format: Literal["auto", "alpaca", "sharegpt", "openai", "parquet", "hf_disk"] = knob(
         "auto", "Input format of data.seed_path; auto detects from extension and keys."
     )
@@ -85,7 +87,9 @@ class QualityConfig:
         "logits", "logits: expected value over '0'..'10' in one pass; generate: parse a short greedy answer."
     )
     compare_modes: bool = knob(False, "Also run the other mode and report the agreement rate (doubles the cost).")
-    max_chars: int = knob(2000, "Clip instruction and response to this many characters inside the judge prompt.", ge=50)
+    max_chars: int = knob(
+        2000, "Clip instruction and response to this many characters inside the judge prompt.", ge=50
+    )
     max_new_tokens: int = knob(8, "Answer length in generate mode.", ge=1)
 
 
@@ -111,7 +115,7 @@ class TrainConfig:
     max_steps: int = knob(-1, "Stop after this many optimizer steps (-1: run all epochs).", ge=-1)
     learning_rate: float = knob(2e-5, "Peak learning rate.", gt=0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = knob("cosine", "LR schedule.")
-    warmup_ratio: float = knob(0.03, "Fraction of steps spent warming up.", ge=0, le=1)
+    warmup_ratio: float = knob(0.03, "Fraction of steps spent warming up (below 1).", ge=0, le=0.99)
     weight_decay: float = knob(0.0, "AdamW weight decay.", ge=0)
     batch_size: int = knob(4, "Per-device micro-batch size.", ge=1)
     grad_accum: int = knob(1, "Gradient accumulation steps (effective batch = batch_size * grad_accum * GPUs).", ge=1)
@@ -126,12 +130,60 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    backend: Literal["transformers", "openai", "vllm"] = knob(
+        "transformers", "transformers: a local HF folder (offline); openai: any OpenAI-compatible server; vllm: GPU."
+    )
+    model: str = knob("models/base", "Local folder (transformers/vllm) or the served model name (openai).")
+    base_url: str = knob("http://127.0.0.1:8000/v1", "openai backend: server URL.")
+    api_key_env: str = knob(
+        "OPENAI_API_KEY", "openai backend: NAME of the env variable holding the key (never the key)."
+    )
+    concurrency: int = knob(4, "openai backend: requests in flight.", ge=1)
+    timeout: float = knob(120.0, "openai backend: seconds per request.", gt=0)
+    max_retries: int = knob(4, "openai backend: retries on 429/5xx/timeouts, with exponential backoff.", ge=0)
+    max_new_tokens: int = knob(256, "Longest teacher reply.", ge=1)
+    temperature: float = knob(0.0, "0 = greedy (reproducible).", ge=0)
+    cache_dir: str = knob(".cache/teacher", "Content-addressed cache of teacher calls (resume without paying twice).")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    precedence: tuple[Literal["complexity", "diversity", "quality"], ...] = knob(
+        ("quality", "complexity", "diversity"), "A sample flagged on several axes is handled once, by the first here."
+    )
+    max_added_fraction: float = knob(0.1, "Cap on new (diversify) samples per round, as a fraction of the size.", ge=0)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def __post_init__(self):
+        if sorted(self.precedence) != ["complexity", "diversity", "quality"]:
+            raise ValueError(f"precedence must list each axis exactly once, got {list(self.precedence)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    suites: tuple[Literal["humaneval", "math500", "ifbench", "gsm8k", "hellaswag", "truthfulqa"], ...] = knob(
+        ("gsm8k", "hellaswag", "truthfulqa", "humaneval", "math500", "ifbench"), "Benchmark suites to run (offline)."
+    )
+    limit: int = knob(20, "Items per suite (0 = all); small on CPU, 0 for the paper preset.", ge=0)
+    max_new_tokens: int = knob(256, "Greedy generation length for generative suites.", ge=1)
+
+
+@dataclass(frozen=True)
 class Params:
     base: BaseConfig = field(default_factory=BaseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rounds: dict[str, int] = knob({"1": 0, "2": 1}, "Round -> the round it refines (string keys: DVC drops int keys).")
+
+    def __post_init__(self):
+        for key, prev in self.rounds.items():
+            if not key.isdigit() or int(key) < 1 or not 0 <= prev < int(key):
+                raise ValueError(f"rounds.{key}: expected 'R': P with R >= 1 and 0 <= P < R, got {key!r}: {prev!r}")
 
 
 def _type_name(tp: Any) -> str:
