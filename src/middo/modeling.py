@@ -58,10 +58,20 @@ def decoder_body(model: torch.nn.Module) -> torch.nn.Module:
     return body
 
 
-def decoder_hidden(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden state ``[B, T, H]``; positions come from the mask so left and right padding give equal results."""
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+def decoder_hidden(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, past_key_values=None
+) -> torch.Tensor:
+    """Last hidden state ``[B, T, H]`` of ``input_ids``.
+
+    Positions come from the attention mask (which spans the cached tokens too when ``past_key_values`` is given),
+    so left and right padding, and a left-padded cached prefix, all give the same results as unpadded inputs.
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
     out = decoder_body(model)(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        use_cache=past_key_values is not None,
     )
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]

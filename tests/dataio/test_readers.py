@@ -199,6 +199,9 @@ REJECT_CASES = {
         (2, "empty_text", "line 2: field 'output': empty after stripping whitespace; expected non-empty text"),
     ],
     "bad_utf8.jsonl": [(2, "bad_utf8", "line 2: invalid UTF-8 byte 0xe9 at byte 33 of the line; expected UTF-8 text")],
+    "mixed_encodings.jsonl": [
+        (2, "bad_utf8", "line 2: invalid UTF-8 byte 0xe8 at byte 32 of the line; expected UTF-8 text")
+    ],
     "control_chars.jsonl": [
         (
             2,
@@ -259,6 +262,50 @@ def test_bad_records_are_rejected_with_reasons(name):
     assert all(r.source == str(path) and r.raw for r in result.rejects)
     assert len(result.records) == result.total - len(REJECT_CASES[name]) - result.blank > 0
     _assert_adds_up(result, path)
+
+
+# Files in tests/data/bad that must raise, with a fragment that shows the line and what was expected.
+RAISE_CASES = {
+    "empty.jsonl": "file is empty; expected at least one JSON record",
+    "truncated.json": "line 3, column 31: invalid JSON in item 2",
+}
+
+
+def _bad_files() -> list[str]:
+    return sorted(p.name for p in BAD.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".md")
+
+
+@pytest.mark.parametrize("name", _bad_files())
+def test_every_bad_file_is_accounted_for(name):
+    """Whatever is dropped in tests/data/bad either raises naming the file or loads with rejects that add up."""
+    path = BAD / name
+    assert name in REJECT_CASES or name in RAISE_CASES, f"add {name} to REJECT_CASES or RAISE_CASES"
+    try:
+        result = read_dataset(path)
+    except DatasetError as e:
+        assert name in RAISE_CASES, f"{name} raised unexpectedly: {e}"
+        assert str(e).startswith(f"{path}: ") and RAISE_CASES[name] in str(e)
+        return
+    assert name not in RAISE_CASES, f"{name} should raise DatasetError"
+    assert result.rejects, "a file in tests/data/bad must reject something"
+    for reject in result.rejects:
+        assert reject.reason.startswith((f"line {reject.line}:", f"line {reject.line} (", f"row {reject.line}:"))
+        assert reject.source == str(path) and 0 < len(reject.raw) <= MAX_RAW
+    _assert_adds_up(result, path)
+
+
+def test_bad_readme_lists_every_file():
+    readme = (BAD / "README.md").read_text(encoding="utf-8")
+    assert [name for name in _bad_files() if f"| `{name}` |" not in readme] == []
+
+
+def test_mixed_encodings_keep_good_accents():
+    result = read_dataset(BAD / "mixed_encodings.jsonl")
+    assert [(r.id, r.instruction) for r in result.records] == [
+        ("m1", "Traduis « café crème »."),
+        ("m3", "Größe auf Englisch?"),
+    ]
+    assert "Cr\\xe8me br\\xfbl\\xe9e?" in result.rejects[0].raw
 
 
 def test_bad_utf8_raw_shows_the_byte():

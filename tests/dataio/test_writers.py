@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from middo.dataio import DatasetError, read_dataset, read_jsonl_records, read_records, write_jsonl
+from middo.dataio import DatasetError, read_dataset, read_records, write_jsonl
 from middo.records import Record
 
 GOOD = Path(__file__).resolve().parents[1] / "assets" / "datasets"
@@ -32,7 +32,7 @@ RECORDS = [
 def test_round_trip(tmp_path):
     path = tmp_path / "train.jsonl"
     assert write_jsonl(RECORDS, path) == 2
-    back = read_jsonl_records(path)
+    back = read_records(path)
     assert back == RECORDS
     assert [r.meta for r in back] == [r.meta for r in RECORDS]
     lines = path.read_text(encoding="utf-8").splitlines()

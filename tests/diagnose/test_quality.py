@@ -47,9 +47,11 @@ def test_logits_mode_scores_in_range_and_prefers_good(scoring_model):
     assert res.scores.shape == (2, 6)
     assert ((res.scores >= 0) & (res.scores <= 10)).all()
     assert res.mean[0] > res.mean[1]
-    # batch size does not change the scores
+    # neither batch size nor the shared-prefix KV cache changes the scores
     res1 = judge_logits(lm.model, lm.tokenizer, [GOOD, BAD], lm.device, max_tokens=1)
     np.testing.assert_allclose(res.scores, res1.scores, atol=1e-4)
+    plain = judge_logits(lm.model, lm.tokenizer, [GOOD, BAD], lm.device, share_prefix=False)
+    np.testing.assert_allclose(res.scores, plain.scores, atol=1e-4)
 
 
 @pytest.mark.slow

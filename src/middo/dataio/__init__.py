@@ -2,6 +2,6 @@
 write the pipeline's own JSONL files atomically."""
 
 from middo.dataio.readers import DatasetError, ReadResult, Reject, read_dataset
-from middo.dataio.writers import read_jsonl_records, read_records, write_jsonl
+from middo.dataio.writers import read_records, write_jsonl
 
-__all__ = ["DatasetError", "ReadResult", "Reject", "read_dataset", "read_jsonl_records", "read_records", "write_jsonl"]
+__all__ = ["DatasetError", "ReadResult", "Reject", "read_dataset", "read_records", "write_jsonl"]

@@ -50,7 +50,3 @@ def read_records(path: str | os.PathLike[str], allow_empty: bool = False) -> lis
             "expected a file written by write_jsonl"
         )
     return result.records
-
-
-# The name the round-trip tests and callers outside the stages use; same strict behaviour.
-read_jsonl_records = read_records

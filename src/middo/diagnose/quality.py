@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from middo.diagnose.batching import pad_batch, token_budget_batches
 from middo.errors import MiddoError
@@ -30,11 +31,13 @@ TARGETS = ("instruction", "response")
 JUDGEMENTS = tuple(f"{t}_{a}" for t in TARGETS for a in ASPECTS)
 SCORE_PREFIX = "Score: "
 
+# The sample comes first and the question last, so the six judgements of one sample share a long token prefix
+# that the fast path encodes once (see judge_logits).
 _TEMPLATE = (
-    "You are grading training data for an AI assistant. Rate the {target} below for {aspect}: {question}\n"
-    "Answer with a single integer from 0 (very poor) to 10 (excellent).\n\n"
+    "You are grading training data for an AI assistant. You will rate one aspect of the example below with a single "
+    "integer from 0 (very poor) to 10 (excellent).\n\n"
     "### Instruction\n{instruction}\n{response_block}\n"
-    "How would you rate the {target}'s {aspect} from 0 to 10?"
+    "Rate the {target} above for {aspect}: {question}"
 )
 _WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -50,7 +53,10 @@ def judge_prompt(rec: Record, judgement: str, max_chars: int = 2000) -> str:
     target, aspect = judgement.split("_", 1)
     response_block = f"\n### Response\n{_clip(rec.output, max_chars)}\n"
     return _TEMPLATE.format(
-        target=target, aspect=aspect, question=ASPECTS[aspect], instruction=_clip(rec.prompt_text, max_chars),
+        target=target,
+        aspect=aspect,
+        question=ASPECTS[aspect],
+        instruction=_clip(rec.prompt_text, max_chars),
         response_block=response_block,
     )
 
@@ -94,56 +100,110 @@ def _score_tokens(tokenizer) -> tuple[list[int], list[int]]:
     """Token ids of "0".."9" and of "10" (one token, or two when the tokenizer splits digits)."""
     digits = [tokenizer.encode(str(d), add_special_tokens=False) for d in range(10)]
     if any(len(d) != 1 for d in digits):
-        raise MiddoError("diagnose.quality.mode=logits: this tokenizer does not encode 0-9 as single tokens; "
-                         "use mode: generate")
+        raise MiddoError(
+            "diagnose.quality.mode=logits: this tokenizer does not encode 0-9 as single tokens; use mode: generate"
+        )
     ten = tokenizer.encode("10", add_special_tokens=False)
     if len(ten) not in (1, 2) or (len(ten) == 2 and ten != [digits[1][0], digits[0][0]]):
         raise MiddoError("diagnose.quality.mode=logits: cannot read '10' from this tokenizer; use mode: generate")
     return [d[0] for d in digits], ten
 
 
+def _expected_scores(head, h_first, h_second, digit_ids, ten) -> torch.Tensor:
+    """Expected value over 0..10 from the hidden states where the first digit (and, for a split "10", the digit
+    after "1") is predicted."""
+    values = torch.arange(11, dtype=torch.float64)
+    if h_second is not None:
+        first = torch.softmax(head(h_first).float(), -1).double().cpu()
+        second = torch.softmax(head(h_second).float(), -1).double().cpu()
+        p = first[:, digit_ids].clone()
+        p_ten = p[:, 1] * second[:, digit_ids[0]]
+        p[:, 1] = p[:, 1] - p_ten
+        p = torch.cat([p, p_ten[:, None]], 1)
+    else:
+        p = torch.softmax(head(h_first).float(), -1).double().cpu()[:, digit_ids + ten]
+    return (p / p.sum(1, keepdim=True)) @ values
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs[1:]):
+            return i
+    return n
+
+
 @torch.inference_mode()
 def judge_logits(
-    model, tokenizer, records: Sequence[Record], device: torch.device, max_tokens: int = 8192,
+    model,
+    tokenizer,
+    records: Sequence[Record],
+    device: torch.device,
+    max_tokens: int = 8192,
     max_chars: int = 2000,
+    share_prefix: bool = True,
 ) -> QualityResult:
-    """Expected score over "0".."10" for every record × judgement, in one forward pass each."""
+    """Expected score over "0".."10" for every record × judgement.
+
+    With ``share_prefix`` the six prompts of a sample are split into their common token prefix (the sample itself,
+    most of the tokens) and six short suffixes (the question): the prefix is encoded once into a KV cache that the
+    six suffixes attend to, cutting the work about 3-4x. ``share_prefix=False`` is the plain one-pass-per-prompt
+    reference; both give the same scores.
+    """
     digit_ids, ten = _score_tokens(tokenizer)
-    prefix = tokenizer.encode(SCORE_PREFIX, add_special_tokens=False)
+    answer = tokenizer.encode(SCORE_PREFIX, add_special_tokens=False)
     # with a split "10" we append "1" and read two positions: P(first digit) and P("0" | "1")
-    suffix = [digit_ids[1]] if len(ten) == 2 else []
-    seqs = [
-        _chat_ids(tokenizer, judge_prompt(r, j, max_chars)) + prefix + suffix for r in records for j in JUDGEMENTS
+    extra = [digit_ids[1]] if len(ten) == 2 else []
+    n_read = 2 if extra else 1
+    per_record = [
+        [_chat_ids(tokenizer, judge_prompt(r, j, max_chars)) + answer + extra for j in JUDGEMENTS] for r in records
     ]
     head = model.get_output_embeddings()
-    scores = np.empty(len(seqs))
-    values = torch.arange(11, dtype=torch.float64)
-    with tqdm(total=len(seqs), desc="quality(logits)", unit="judgement") as bar:
-        for batch in token_budget_batches([len(s) for s in seqs], max_tokens):
-            ids, mask = pad_batch([seqs[i] for i in batch], tokenizer.pad_token_id, "right")
-            hidden = decoder_hidden(model, ids.to(device), mask.to(device))
-            last = mask.sum(1).to(device) - 1
-            rows = torch.arange(len(batch), device=device)
-            if suffix:
-                first = torch.softmax(head(hidden[rows, last - 1]).float(), -1).double().cpu()
-                second = torch.softmax(head(hidden[rows, last]).float(), -1).double().cpu()
-                p = first[:, digit_ids].clone()
-                p_ten = p[:, 1] * second[:, digit_ids[0]]
-                p[:, 1] = p[:, 1] - p_ten
-                p = torch.cat([p, p_ten[:, None]], 1)
-            else:
-                probs = torch.softmax(head(hidden[rows, last]).float(), -1).double().cpu()
-                p = probs[:, digit_ids + ten]
-            p = p / p.sum(1, keepdim=True)
-            scores[batch] = (p @ values).numpy()
-            bar.update(len(batch))
-    return QualityResult(scores.reshape(len(records), len(JUDGEMENTS)), {"ok": len(seqs)})
+    n_j = len(JUDGEMENTS)
+    scores = np.empty((len(records), n_j))
+    with tqdm(total=len(records) * n_j, desc="quality(logits)", unit="judgement") as bar:
+        if not share_prefix:
+            flat = [s for seqs in per_record for s in seqs]
+            for batch in token_budget_batches([len(s) for s in flat], max_tokens):
+                ids, mask = pad_batch([flat[i] for i in batch], tokenizer.pad_token_id, "right")
+                hidden = decoder_hidden(model, ids.to(device), mask.to(device))
+                last = mask.sum(1).to(device) - 1
+                rows = torch.arange(len(batch), device=device)
+                h2 = hidden[rows, last] if extra else None
+                e = _expected_scores(head, hidden[rows, last - n_read + 1], h2, digit_ids, ten)
+                scores.reshape(-1)[batch] = e.numpy()
+                bar.update(len(batch))
+            return QualityResult(scores, {"ok": scores.size})
+        cuts = [min(_common_prefix(seqs), min(len(s) for s in seqs) - n_read) for seqs in per_record]
+        cost = [cuts[i] + n_j * (max(len(s) for s in per_record[i]) - cuts[i]) for i in range(len(records))]
+        for batch in token_budget_batches(cost, max_tokens):
+            pre_ids, pre_mask = pad_batch([per_record[i][0][: cuts[i]] for i in batch], tokenizer.pad_token_id, "left")
+            pre_ids, pre_mask = pre_ids.to(device), pre_mask.to(device)
+            cache = DynamicCache()
+            decoder_hidden(model, pre_ids, pre_mask, past_key_values=cache)
+            cache.batch_repeat_interleave(n_j)
+            tails = [per_record[i][j][cuts[i] :] for i in batch for j in range(n_j)]
+            suf_ids, suf_mask = pad_batch(tails, tokenizer.pad_token_id, "right")
+            full_mask = torch.cat([pre_mask.repeat_interleave(n_j, 0), suf_mask.to(device)], 1)
+            hidden = decoder_hidden(model, suf_ids.to(device), full_mask, past_key_values=cache)
+            last = suf_mask.sum(1).to(device) - 1
+            rows = torch.arange(len(tails), device=device)
+            h2 = hidden[rows, last] if extra else None
+            e = _expected_scores(head, hidden[rows, last - n_read + 1], h2, digit_ids, ten)
+            scores[batch] = e.numpy().reshape(len(batch), n_j)
+            bar.update(len(tails))
+    return QualityResult(scores, {"ok": scores.size})
 
 
 @torch.inference_mode()
 def judge_generate(
-    model, tokenizer, records: Sequence[Record], device: torch.device, max_tokens: int = 8192,
-    max_new_tokens: int = 8, max_chars: int = 2000,
+    model,
+    tokenizer,
+    records: Sequence[Record],
+    device: torch.device,
+    max_tokens: int = 8192,
+    max_new_tokens: int = 8,
+    max_chars: int = 2000,
 ) -> tuple[QualityResult, list[str]]:
     """Greedy short answers, parsed with :func:`parse_score`; returns the raw answers too (for the report)."""
     seqs = [_chat_ids(tokenizer, judge_prompt(r, j, max_chars)) for r in records for j in JUDGEMENTS]
@@ -154,8 +214,11 @@ def judge_generate(
         for batch in token_budget_batches([len(s) + max_new_tokens for s in seqs], max_tokens):
             ids, mask = pad_batch([seqs[i] for i in batch], tokenizer.pad_token_id, "left")
             out = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
             )
             for row, i in enumerate(batch):
                 answers[i] = tokenizer.decode(out[row, ids.shape[1] :], skip_special_tokens=True)
