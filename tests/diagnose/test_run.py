@@ -10,13 +10,20 @@ from middo.diagnose.run import diagnose_dataset
 from middo.records import Record
 
 SAMPLES = [
-    Record(id="dup1", instruction="Write a Python function that reverses a string.", output="def r(s): return s[::-1]"),
-    Record(id="dup2", instruction="Write a Python function that reverses a string.", output="def r(s): return s[::-1]"),
+    Record(
+        id="dup1", instruction="Write a Python function that reverses a string.", output="def r(s): return s[::-1]"
+    ),
+    Record(
+        id="dup2", instruction="Write a Python function that reverses a string.", output="def r(s): return s[::-1]"
+    ),
     Record(id="list", instruction="Write a Python function that reverses a list.", output="def r(x): return x[::-1]"),
     Record(id="sort", instruction="Write a Python function that sorts a list.", output="def s(x): return sorted(x)"),
     Record(id="max", instruction="Write a Python function that returns the max.", output="def m(x): return max(x)"),
-    Record(id="bee", instruction="Explain the role of queen mandibular pheromone in honeybee swarming behaviour.",
-           output="Queen mandibular pheromone suppresses worker ovary development and queen rearing."),
+    Record(
+        id="bee",
+        instruction="Explain the role of queen mandibular pheromone in honeybee swarming behaviour.",
+        output="Queen mandibular pheromone suppresses worker ovary development and queen rearing.",
+    ),
 ]
 
 

@@ -1,0 +1,165 @@
+"""Supervised fine-tuning of the base model on one round's dataset, with TRL's ``SFTTrainer``.
+
+Each round trains from the *base* model (as the paper does), so rounds differ only by their data. Samples go to TRL
+in its conversational prompt/completion form: TRL applies the chat template and masks the prompt, so the loss falls
+on the response tokens only, the same tokens the complexity signal scores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from middo.config import TrainConfig
+from middo.dataio.atomic import atomic_write_text
+from middo.device import resolve_device, resolve_dtype
+from middo.errors import MiddoError
+from middo.optional import require
+from middo.records import Record
+
+
+def to_prompt_completion(records: Sequence[Record]) -> list[dict]:
+    """TRL's conversational prompt/completion rows (``completion_only_loss`` masks the prompt)."""
+    return [
+        {"prompt": r.messages(with_response=False), "completion": [{"role": "assistant", "content": r.output}]}
+        for r in records
+    ]
+
+
+def check_gpu_paths(cfg: TrainConfig) -> None:
+    """Fail before loading anything when an option needs a package or a GPU that is not here."""
+    if cfg.liger:
+        require("liger_kernel", needs_cuda=True)
+    if cfg.attn_implementation == "flash_attention_2":
+        require("flash_attn", needs_cuda=True)
+    if cfg.deepspeed:
+        require("deepspeed")
+        if not Path(cfg.deepspeed).is_file():
+            raise MiddoError(f"train.deepspeed: config file {cfg.deepspeed} not found")
+    if cfg.lora.enabled:
+        require("peft")
+
+
+def build_trainer(
+    records: Sequence[Record],
+    base_model: str | Path,
+    output_dir: str | Path,
+    cfg: TrainConfig,
+    seed: int = 42,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+):
+    """An ``SFTTrainer`` ready to ``train()``; separate from :func:`train_sft` so tests can inspect batches."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    check_gpu_paths(cfg)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model,
+        dtype=torch.float32 if dt == torch.float16 else dt,
+        local_files_only=True,
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=trust_remote_code,
+    )
+    peft_config = None
+    if cfg.lora.enabled:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=float(cfg.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio
+        weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        completion_only_loss=True,
+        use_liger_kernel=cfg.liger,
+        deepspeed=cfg.deepspeed or None,
+        bf16=dt == torch.bfloat16,
+        fp16=dt == torch.float16,
+        use_cpu=dev.type == "cpu",
+        seed=seed,
+        data_seed=seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
+    )
+    dataset = Dataset.from_list(to_prompt_completion(records))
+    return SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
+
+
+def train_sft(
+    records: Sequence[Record],
+    base_model: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    seed: int = 42,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> dict:
+    """Fine-tune and write ``out_dir`` (safetensors, tokenizer, ``train_metrics.json``) atomically."""
+    if not records:
+        raise MiddoError("train: the dataset is empty; nothing to train on")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        trainer = build_trainer(records, base_model, tmp / "trainer", cfg, seed, device, dtype, trust_remote_code)
+        start = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - start
+        model = trainer.model
+        if cfg.lora.enabled:
+            model = model.merge_and_unload()
+        target = tmp / "model"
+        model.save_pretrained(target)
+        trainer.processing_class.save_pretrained(target)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        n_tokens = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
+        metrics = {
+            "samples": len(records),
+            "steps": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "seconds": round(seconds, 2),
+            "tokens_per_second": round(n_tokens * cfg.epochs / seconds, 1) if seconds > 0 else None,
+            "loss_history": losses,
+        }
+        atomic_write_text(target / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        target.replace(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return metrics
