@@ -27,10 +27,112 @@ def _import(args: argparse.Namespace) -> None:
 
     p = load_params(args.params)
     counts = import_dataset(
-        args.source or p.data.seed_path, args.out, args.metrics, fmt=p.data.format, split=p.data.split,
+        args.source or p.data.seed_path,
+        args.out,
+        args.metrics,
+        fmt=p.data.format,
+        split=p.data.split,
         limit=p.data.limit,
     )
     print(counts)
+
+
+def _diagnose(args: argparse.Namespace) -> None:
+    from middo.config import load_params
+    from middo.diagnose.run import diagnose_dataset
+
+    p = load_params(args.params)
+    summary = diagnose_dataset(
+        args.data,
+        args.base,
+        args.current,
+        args.out,
+        args.summary,
+        p.diagnose,
+        p.base.device,
+        p.base.dtype,
+        p.model.trust_remote_code,
+    )
+    print(f"round {args.round}: flagged {summary['flagged']} of {summary['n']}")
+
+
+def _refine(args: argparse.Namespace) -> None:
+    from middo.config import load_params
+    from middo.refine.run import refine_round
+
+    p = load_params(args.params)
+    r = refine_round(
+        args.data,
+        args.diagnosis,
+        args.out,
+        args.metrics,
+        args.round,
+        p.refine.precedence,
+        p.refine.max_added_fraction,
+        p.refine.teacher,
+        p.base.seed,
+        p.base.device,
+        p.base.dtype,
+    )
+    print(
+        f"round {args.round}: {r['size_before']} -> {r['size_after']} records "
+        f"(replaced {r['replaced']}, added {r['added']})"
+    )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from middo.config import load_params
+    from middo.dataio.writers import read_records
+    from middo.train import train_sft
+
+    p = load_params(args.params)
+    m = train_sft(
+        read_records(args.data),
+        args.base,
+        args.out,
+        p.train,
+        p.base.seed,
+        p.base.device,
+        p.base.dtype,
+        p.model.trust_remote_code,
+    )
+    print(f"round {args.round}: {m['steps']} steps, loss {m['first_loss']} -> {m['last_loss']}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from middo.config import load_params
+    from middo.evaluate import evaluate_model
+
+    p = load_params(args.params)
+    res = evaluate_model(
+        args.model,
+        list(p.eval.suites),
+        p.eval.limit,
+        args.out,
+        p.base.device,
+        p.base.dtype,
+        p.eval.max_new_tokens,
+        p.base.seed,
+    )
+    print(f"round {args.round}: average {res['average']:.3f} {res['accuracy']}")
+
+
+def _summarize(args: argparse.Namespace) -> None:
+    from middo.config import load_params
+    from middo.summarize import summarize
+
+    p = load_params(args.params)
+    rounds = [0, *(int(r) for r in p.rounds)]
+    s = summarize(args.metrics, rounds, args.out, args.plots)
+    for row in s["rounds"]:
+        print(f"round {row['round']}: average {row['average']}, size {row['dataset_size']}, flagged {row['flagged']}")
+
+
+def _diff(args: argparse.Namespace) -> None:
+    from middo.diff import diff_records, load_version, render
+
+    d = diff_records(load_version(args.a, args.repo), load_version(args.b, args.repo))
+    print(render(d, args.a, args.b, args.show), end="")
 
 
 def _check_params(args: argparse.Namespace) -> None:
@@ -55,6 +157,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/round_0")
     p.add_argument("--metrics", default="metrics/round_0/import.json")
     p.set_defaults(func=_import)
+
+    p = sub.add_parser("diagnose", help="score every sample on complexity, diversity and quality; flag outliers")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--data", required=True, help="the dataset JSONL being diagnosed")
+    p.add_argument("--base", required=True, help="base model folder")
+    p.add_argument("--current", required=True, help="model fine-tuned on --data")
+    p.add_argument("--out", required=True, help="folder for scores.parquet, flagged_*.jsonl, plots")
+    p.add_argument("--summary", required=True, help="summary metrics JSON")
+    p.set_defaults(func=_diagnose)
+
+    p = sub.add_parser("refine", help="simplify, diversify and improve flagged samples with the teacher")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--diagnosis", required=True, help="folder written by `middo diagnose --out`")
+    p.add_argument("--out", required=True, help="folder for the refined train.jsonl")
+    p.add_argument("--metrics", required=True, help="folder for changes.jsonl, refine.json, refine_report.md")
+    p.set_defaults(func=_refine)
+
+    p = sub.add_parser("train", help="SFT the base model on a round's dataset (TRL)")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="run the offline benchmark suites on a checkpoint")
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="eval metrics JSON")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("summarize", help="accuracy, size and flags per round (rounds from params) + plots")
+    p.add_argument("--metrics", default="metrics", help="folder holding metrics/round_R/")
+    p.add_argument("--out", default="reports/summary.json")
+    p.add_argument("--plots", default="reports/plots")
+    p.set_defaults(func=_summarize)
+
+    p = sub.add_parser("diff", help="what changed between two dataset versions, per axis, with lineage")
+    p.add_argument("a", help="round (2, round_2), JSONL path, or REV:round / REV:path (any git rev)")
+    p.add_argument("b")
+    p.add_argument("--repo", default=".")
+    p.add_argument("--show", type=int, default=5, help="examples per kind")
+    p.set_defaults(func=_diff)
 
     p = sub.add_parser("check-params", help="validate params.yaml and report every problem at once")
     p.set_defaults(func=_check_params)

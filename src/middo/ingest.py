@@ -10,7 +10,11 @@ from middo.dataio.atomic import atomic_write_text
 
 
 def import_dataset(
-    source: str | Path, out_dir: str | Path, metrics_path: str | Path, fmt: str = "auto", split: str = "train",
+    source: str | Path,
+    out_dir: str | Path,
+    metrics_path: str | Path,
+    fmt: str = "auto",
+    split: str = "train",
     limit: int = 0,
 ) -> dict:
     """Read ``source`` into ``out_dir/train.jsonl`` (+ ``rejects.jsonl``) and write counts to ``metrics_path``.

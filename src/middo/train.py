@@ -148,6 +148,8 @@ def train_sft(
         n_tokens = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
         metrics = {
             "samples": len(records),
+            # TRL drops samples whose response was cut off entirely by max_length; count them, never hide them
+            "dropped_fully_truncated": len(records) - len(trainer.train_dataset),
             "steps": trainer.state.global_step,
             "train_loss": result.training_loss,
             "first_loss": losses[0] if losses else None,

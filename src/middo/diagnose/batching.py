@@ -32,9 +32,7 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int
     return batches
 
 
-def pad_batch(
-    seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Pad token id lists to a ``[B, T]`` tensor and its attention mask."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)

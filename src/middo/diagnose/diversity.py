@@ -29,8 +29,9 @@ def prompt_embeddings(
     desc: str = "embed",
 ) -> np.ndarray:
     """Mean-pooled last hidden states, float32 ``[N, H]``, in input order."""
-    encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] or [tokenizer.eos_token_id]
-               for t in texts]
+    encoded = [
+        tokenizer(t, truncation=True, max_length=max_length)["input_ids"] or [tokenizer.eos_token_id] for t in texts
+    ]
     out: np.ndarray | None = None
     with tqdm(total=len(texts), desc=desc, unit="sample") as bar:
         for batch in token_budget_batches([len(e) for e in encoded], max_tokens):

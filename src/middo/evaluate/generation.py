@@ -1,0 +1,177 @@
+"""The two ways a benchmark asks the model something: greedy generation, and log-likelihood of given choices.
+
+Both go through the chat template, because every round's model is an SFT'd chat model and that is how it will be
+used. Batches are filled up to a token budget (longest first) so that a few long prompts never run the machine out of
+memory and short ones are not padded to the longest. Choice scoring runs the decoder once per (context, choice) pair
+and applies the LM head only to the choice's positions, so the full-vocabulary logits never exist for the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from middo.diagnose.batching import pad_batch, token_budget_batches
+from middo.modeling import LoadedModel, decoder_hidden
+
+
+def chat_ids(tokenizer, user: str) -> list[int]:
+    """Token ids of a one-turn chat ending with the assistant header (plain text when there is no template).
+
+    A model without a chat template (a base model) still gets evaluated: it sees the raw prompt.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(user)["input_ids"])
+
+
+def _truncate_left(ids: list[int], limit: int) -> list[int]:
+    """Keep the end of a prompt: the question and the assistant header matter more than a long preamble."""
+    return ids if len(ids) <= limit else ids[-limit:]
+
+
+def _context_limit(lm: LoadedModel, reserve: int) -> int:
+    window = getattr(lm.model.config, "max_position_embeddings", None) or 2048
+    return max(16, int(window) - reserve)
+
+
+def _eos_ids(lm: LoadedModel) -> list[int]:
+    """Stop on the tokenizer's EOS and on the generation config's (chat models often end turns with another id)."""
+    found = [lm.tokenizer.eos_token_id, getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)]
+    flat = [e for t in found if t is not None for e in (t if isinstance(t, list) else [t])]
+    return sorted(set(flat))
+
+
+@torch.inference_mode()
+def greedy_generate(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    max_new_tokens: int = 256,
+    max_tokens: int = 16384,
+    max_batch: int = 64,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy (deterministic) answers to one-turn chat prompts, in the order given.
+
+    Args:
+        lm: a model from :func:`middo.modeling.load_model`.
+        prompts: user messages.
+        max_new_tokens: generation cap per answer.
+        max_tokens: padded tokens (prompt + new) per batch; bounds the KV cache.
+        max_batch: most prompts per batch.
+        desc: progress bar label.
+
+    Returns:
+        The decoded continuations without special tokens.
+    """
+    tok = lm.tokenizer
+    limit = _context_limit(lm, max_new_tokens)
+    seqs = [_truncate_left(chat_ids(tok, p), limit) for p in prompts]
+    answers = [""] * len(seqs)
+    eos_ids = _eos_ids(lm)
+    with tqdm(total=len(seqs), desc=desc, unit="prompt") as bar:
+        for batch in token_budget_batches([len(s) + max_new_tokens for s in seqs], max_tokens, max_batch):
+            ids, mask = pad_batch([seqs[i] for i in batch], tok.pad_token_id, "left")
+            out = lm.model.generate(
+                input_ids=ids.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=eos_ids or None,
+            )
+            for row, i in enumerate(batch):
+                answers[i] = tok.decode(out[row, ids.shape[1] :], skip_special_tokens=True)
+            bar.update(len(batch))
+    return answers
+
+
+@dataclass(frozen=True)
+class ChoiceScores:
+    """Log-likelihood of each choice of one question, with the lengths needed to normalise it."""
+
+    logprob: list[float]  # sum of log p(choice token | context, earlier choice tokens)
+    n_tokens: list[int]
+    n_bytes: list[int]
+
+    @property
+    def per_byte(self) -> list[float]:
+        """Sum divided by UTF-8 length (lm-eval's ``acc_norm``): long choices are not penalised for being long."""
+        return [lp / max(1, n) for lp, n in zip(self.logprob, self.n_bytes, strict=True)]
+
+    @property
+    def per_token(self) -> list[float]:
+        return [lp / max(1, n) for lp, n in zip(self.logprob, self.n_tokens, strict=True)]
+
+
+@torch.inference_mode()
+def batch_choice_loglik(
+    lm: LoadedModel,
+    questions: Sequence[tuple[str, Sequence[str]]],
+    max_tokens: int = 8192,
+    max_batch: int = 64,
+    desc: str = "choices",
+) -> list[ChoiceScores]:
+    """Score every choice of many multiple-choice questions as the assistant's reply to the context.
+
+    Args:
+        lm: a model from :func:`middo.modeling.load_model`.
+        questions: ``(user message, choices)`` pairs; each choice is scored as the start of the assistant turn.
+        max_tokens: padded tokens per forward batch.
+        max_batch: most sequences per batch.
+        desc: progress bar label.
+
+    Returns:
+        One :class:`ChoiceScores` per question, choices in the given order.
+    """
+    tok = lm.tokenizer
+    window = _context_limit(lm, 0)
+    seqs: list[list[int]] = []
+    starts: list[int] = []  # index of the first choice token in each sequence
+    owners: list[tuple[int, int]] = []
+    for q, (context, choices) in enumerate(questions):
+        ctx = chat_ids(tok, context)
+        for c, choice in enumerate(choices):
+            cont = list(tok(choice, add_special_tokens=False)["input_ids"]) or [tok.eos_token_id]
+            cont = cont[: window - 1]
+            head = _truncate_left(ctx, window - len(cont))
+            seqs.append(head + cont)
+            starts.append(len(head))
+            owners.append((q, c))
+    sums = [0.0] * len(seqs)
+    head_layer = lm.model.get_output_embeddings()
+    with tqdm(total=len(seqs), desc=desc, unit="choice") as bar:
+        for batch in token_budget_batches([len(s) for s in seqs], max_tokens, max_batch):
+            ids, mask = pad_batch([seqs[i] for i in batch], tok.pad_token_id, "right")
+            ids, mask = ids.to(lm.device), mask.to(lm.device)
+            hidden = decoder_hidden(lm.model, ids, mask)
+            for row, i in enumerate(batch):
+                # position t predicts token t+1: choice tokens start..end-1 are predicted by start-1..end-2
+                pos = torch.arange(starts[i] - 1, len(seqs[i]) - 1, device=lm.device)
+                logits = head_layer(hidden[row, pos]).float()
+                targets = ids[row, pos + 1]
+                sums[i] = float(torch.log_softmax(logits, -1).gather(1, targets[:, None]).sum())
+            bar.update(len(batch))
+    out: list[dict[str, list]] = [{"logprob": [], "n_tokens": [], "n_bytes": []} for _ in questions]
+    for i, (q, c) in enumerate(owners):
+        out[q]["logprob"].append(sums[i])
+        out[q]["n_tokens"].append(len(seqs[i]) - starts[i])
+        out[q]["n_bytes"].append(len(questions[q][1][c].encode("utf-8")))
+    return [ChoiceScores(**o) for o in out]
+
+
+def choice_loglik(lm: LoadedModel, context: str, choices: Sequence[str]) -> list[float]:
+    """Summed log-probability of each choice as the assistant's reply to ``context`` (one question).
+
+    Use :func:`batch_choice_loglik` for many questions (batched) or for the length-normalised scores.
+    """
+    return batch_choice_loglik(lm, [(context, choices)])[0].logprob
