@@ -1,0 +1,74 @@
+"""What every teacher backend offers: a batch of single-turn prompts in, one reply (or ``None``) per prompt out.
+
+Refinement only ever needs "answer this one user message", so the protocol is that and nothing more; a backend is
+free to batch, pool or stream however it likes. A failed item is ``None`` rather than an exception, so that one bad
+reply never costs the rest of a long run; only an unreachable server stops the run, since then every call would fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from middo.errors import MiddoError
+
+
+class TeacherUnavailable(MiddoError):
+    """The teacher cannot answer at all (e.g. its server is down); retrying item by item would only waste time."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to decode; part of every cache key, so changing any field means fresh calls.
+
+    Attributes:
+        max_new_tokens: longest reply, in tokens.
+        temperature: 0 means greedy (reproducible); above 0 samples.
+        top_p: nucleus sampling mass (only used when sampling).
+        seed: seeds sampling, so a sampled run can be repeated where the backend allows it.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise MiddoError(f"Sampling.max_new_tokens: expected >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise MiddoError(f"Sampling.temperature: expected >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise MiddoError(f"Sampling.top_p: expected a value in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A teacher LLM backend.
+
+    Attributes:
+        backend: the registry name (``transformers``, ``openai``, ``vllm``); part of the cache key.
+        model: the model folder or served model name; part of the cache key.
+    """
+
+    backend: str
+    model: str
+
+    def complete(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
+        """Answer each prompt, sent as a single user message.
+
+        Args:
+            prompts: the user messages, in order.
+            sampling: decoding settings shared by all prompts.
+
+        Returns:
+            One assistant reply per prompt, in the same order; ``None`` where that call failed after retries.
+
+        Raises:
+            TeacherUnavailable: the backend cannot be reached at all.
+        """
+        ...

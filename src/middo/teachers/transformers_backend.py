@@ -1,0 +1,97 @@
+"""A local Hugging Face model as the teacher: no server, no network, works on CPU.
+
+This is the default backend, so that the whole pipeline runs offline with the converted default model. Prompts are
+sorted by length and generated in left-padded batches under a token budget, which keeps padding (and memory) low;
+with greedy decoding the replies do not depend on how prompts were batched.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from middo.diagnose.batching import pad_batch, token_budget_batches
+from middo.modeling import load_model
+from middo.teachers.base import Sampling
+
+log = logging.getLogger(__name__)
+
+
+class TransformersTeacher:
+    """Generate with ``model.generate`` from a local HF folder, one user turn through the chat template."""
+
+    backend = "transformers"
+
+    def __init__(self, model_path: str | Path, device: str = "auto", dtype: str = "auto", max_tokens: int = 8192):
+        """
+        Args:
+            model_path: a local HF model folder with a chat template.
+            device: ``auto``, ``cpu``, ``cuda``...
+            dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+            max_tokens: budget per batch, counted as rows x (longest prompt + max_new_tokens).
+
+        Raises:
+            MiddoError: the folder is not a model folder, or the device is not available.
+        """
+        self.model = str(model_path)
+        self.max_tokens = max_tokens
+        self.loaded = load_model(model_path, device, dtype)
+        self.tokenizer = self.loaded.tokenizer
+
+    def encode(self, prompt: str) -> list[int]:
+        """Token ids of one user turn plus the assistant header the model continues from."""
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def complete(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
+        """Answer every prompt; an empty reply, or one batch item that cannot fit in memory alone, is ``None``."""
+        if not prompts:
+            return []
+        if not sampling.greedy:
+            torch.manual_seed(sampling.seed)
+        encoded = [self.encode(p) for p in prompts]
+        lengths = [len(ids) + sampling.max_new_tokens for ids in encoded]
+        results: list[str | None] = [None] * len(prompts)
+        with tqdm(total=len(prompts), desc="teacher (transformers)", unit="prompt") as bar:
+            for batch in token_budget_batches(lengths, self.max_tokens):
+                for i, text in zip(batch, self._generate_split([encoded[i] for i in batch], sampling)):
+                    results[i] = text
+                bar.update(len(batch))
+        return results
+
+    def _generate_split(self, seqs: list[list[int]], sampling: Sampling) -> list[str | None]:
+        """Generate one batch; on out-of-memory halve it, since the budget was only an estimate."""
+        try:
+            return self._generate(seqs, sampling)
+        except torch.cuda.OutOfMemoryError:
+            if self.loaded.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(seqs) == 1:
+                log.warning(
+                    "transformers teacher: one prompt (%d tokens) does not fit in memory; reply is None", len(seqs[0])
+                )
+                return [None]
+            half = len(seqs) // 2
+            return self._generate_split(seqs[:half], sampling) + self._generate_split(seqs[half:], sampling)
+
+    @torch.inference_mode()
+    def _generate(self, seqs: list[list[int]], sampling: Sampling) -> list[str | None]:
+        tok = self.tokenizer
+        ids, mask = pad_batch(seqs, tok.pad_token_id, side="left")
+        kwargs = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if not sampling.greedy:
+            kwargs = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": None}
+        out = self.loaded.model.generate(
+            input_ids=ids.to(self.loaded.device),
+            attention_mask=mask.to(self.loaded.device),
+            max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            **kwargs,
+        )
+        texts = tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        return [t if t.strip() else None for t in texts]
