@@ -68,6 +68,7 @@ def project(tmp_path_factory, base_model_dir, env):
     from middo.config import deep_merge
 
     params = deep_merge(params, TINY)
+    params["rounds"] = dict(TINY["rounds"])  # replace, not merge: the test adds round 2 itself
     params["model"]["base"] = str(base_model_dir)  # a local folder: copied, no 30 s GGUF conversion per test run
     params["refine"]["teacher"]["cache_dir"] = str(repo.parent / "teacher-cache")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
