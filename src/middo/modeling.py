@@ -7,6 +7,7 @@ what ``hidden_states[-1]`` means in transformers) so complexity and diversity sh
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,11 +68,16 @@ def decoder_hidden(
     so left and right padding, and a left-padded cached prefix, all give the same results as unpadded inputs.
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-    out = decoder_body(model)(
+    body = decoder_body(model)
+    kwargs = {}
+    if past_key_values is not None:  # transformers >= 5.2x calls it `cache`; older releases `past_key_values`
+        name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+        kwargs[name] = past_key_values
+    out = body(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
         use_cache=past_key_values is not None,
+        **kwargs,
     )
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
