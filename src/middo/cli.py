@@ -66,6 +66,7 @@ def _refine(args: argparse.Namespace) -> None:
         args.diagnosis,
         args.out,
         args.metrics,
+        args.summary,
         args.round,
         p.refine.precedence,
         p.refine.max_added_fraction,
@@ -172,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--diagnosis", required=True, help="folder written by `middo diagnose --out`")
     p.add_argument("--out", required=True, help="folder for the refined train.jsonl")
-    p.add_argument("--metrics", required=True, help="folder for changes.jsonl, refine.json, refine_report.md")
+    p.add_argument("--metrics", required=True, help="folder for changes.jsonl and refine_report.md")
+    p.add_argument("--summary", required=True, help="refine counts as a metrics JSON")
     p.set_defaults(func=_refine)
 
     p = sub.add_parser("train", help="SFT the base model on a round's dataset (TRL)")

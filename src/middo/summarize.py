@@ -31,7 +31,7 @@ def collect(metrics_dir: str | Path, rounds: Iterable[int]) -> dict:
         if ev is None:
             raise MiddoError(f"{d / 'eval.json'}: missing; run `dvc repro` for round {r} first")
         diag = _read(d / "diagnose.json", "diagnose") or {}
-        ref = _read(d / "refine" / "refine.json", "refine") or {}
+        ref = _read(d / "refine.json", "refine") or {}
         imp = _read(d / "import.json", "import") or {}
         out["rounds"].append(
             {

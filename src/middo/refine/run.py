@@ -85,7 +85,7 @@ def refine_round(
     device: str = "auto",
     dtype: str = "auto",
 ) -> dict:
-    """Write ``out_dir/train.jsonl`` plus ``metrics_dir/{changes.jsonl, refine.json, refine_report.md}``."""
+    """Write ``out_dir/train.jsonl``, ``metrics_dir/{changes.jsonl, refine_report.md}`` and ``summary_path``."""
     records = read_records(data_path)
     scores = pl.read_parquet(Path(diagnosis_dir) / "scores.parquet")
     flags = {
@@ -102,6 +102,6 @@ def refine_round(
     atomic_write_text(
         metrics_dir / "changes.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in result.changes)
     )
-    atomic_write_text(metrics_dir / "refine.json", json.dumps({"refine": report}, indent=2) + "\n")
+    atomic_write_text(summary_path, json.dumps({"refine": report}, indent=2) + "\n")
     atomic_write_text(metrics_dir / "refine_report.md", _markdown(report, result.changes))
     return report
