@@ -7,11 +7,17 @@ from middo.refine.engine import assign_axes, refine_records
 from middo.teachers.base import Sampling
 
 RECORDS = [
-    Record(id="hard", instruction="Derive the Euler-Lagrange equations from the principle of stationary action.",
-           output="Let S = ∫L(q, q̇, t) dt. Varying q → q + εη with η(t1)=η(t2)=0 ..."),
+    Record(
+        id="hard",
+        instruction="Derive the Euler-Lagrange equations from the principle of stationary action.",
+        output="Let S = ∫L(q, q̇, t) dt. Varying q → q + εη with η(t1)=η(t2)=0 ...",
+    ),
     Record(id="poor", instruction="capitl of france??", output="berlin i think"),
-    Record(id="rare", instruction="Explain the fornyrðislag meter of Old Norse poetry.",
-           output="Fornyrðislag has stanzas of eight short lines with two lifts each, linked by alliteration."),
+    Record(
+        id="rare",
+        instruction="Explain the fornyrðislag meter of Old Norse poetry.",
+        output="Fornyrðislag has stanzas of eight short lines with two lifts each, linked by alliteration.",
+    ),
     Record(id="ok1", instruction="Give a synonym for big.", output="Large."),
     Record(id="ok2", instruction="What is 2 + 2?", output="4."),
 ]
@@ -64,8 +70,9 @@ def test_each_operation_with_lineage_and_counts(teacher):
 def test_diversity_cap_keeps_scale(teacher):
     flags = {"diversity": {"rare", "ok1", "ok2"}}
     knn = {"rare": 0.1, "ok1": 0.5, "ok2": 0.3}
-    res = refine_records(RECORDS, flags, teacher, Sampling(max_new_tokens=24), round_=1, max_added_fraction=0.2,
-                         knn_sim=knn)
+    res = refine_records(
+        RECORDS, flags, teacher, Sampling(max_new_tokens=24), round_=1, max_added_fraction=0.2, knn_sim=knn
+    )
     assert res.report["diversity_cap"] == 1
     assert res.report["diversity_over_cap"] == 2
     handled = [c for c in res.changes if c["status"] != "skipped"]

@@ -77,6 +77,7 @@ def refine_round(
     diagnosis_dir: str | Path,
     out_dir: str | Path,
     metrics_dir: str | Path,
+    summary_path: str | Path,
     round_: int,
     precedence,
     max_added_fraction: float,

@@ -1,4 +1,4 @@
-"""Servers for the teacher tests: a real `transformers serve` process, and tiny scripted stdlib HTTP servers.
+"""Servers for teacher and refine tests: a real `transformers serve` process, and tiny scripted stdlib HTTP servers.
 
 The real server exercises the openai backend end to end without any mock of the HTTP layer; the scripted ones make
 the failure modes (5xx then success, garbage bodies) happen on demand, which a real server cannot be asked to do.
