@@ -95,7 +95,7 @@ class QualityConfig:
 
 @dataclass(frozen=True)
 class DiagnoseConfig:
-    max_tokens: int = knob(8192, "Token budget per batch (padded tokens); raise on GPUs.", ge=64)
+    max_tokens: int = knob(1024, "Token budget per batch (padded tokens); 1024 suits CPUs, raise on GPUs.", ge=64)
     complexity: ComplexityConfig = field(default_factory=ComplexityConfig)
     diversity: DiversityConfig = field(default_factory=DiversityConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
