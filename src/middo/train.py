@@ -145,7 +145,9 @@ def train_sft(
         model.save_pretrained(target)
         trainer.processing_class.save_pretrained(target)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        n_tokens = int(sum(len(x) for x in trainer.train_dataset["input_ids"]))
+        # tokens actually seen (TRL logs a running count); max_steps can stop before the epoch ends
+        seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+        n_tokens = int(seen[-1]) if seen else int(sum(len(x) for x in trainer.train_dataset["input_ids"]) * cfg.epochs)
         metrics = {
             "samples": len(records),
             # TRL drops samples whose response was cut off entirely by max_length; count them, never hide them
@@ -155,7 +157,8 @@ def train_sft(
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
             "seconds": round(seconds, 2),
-            "tokens_per_second": round(n_tokens * cfg.epochs / seconds, 1) if seconds > 0 else None,
+            "tokens_seen": n_tokens,
+            "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
             "loss_history": losses,
         }
         atomic_write_text(target / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
