@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import tempfile
 from pathlib import Path
 
+from middo.dataio.atomic import atomic_dir
 from middo.errors import MiddoError
 
 EMBEDDED = {
@@ -87,10 +87,7 @@ def materialise(spec: str, out: str | Path, allow_download: bool = False) -> Pat
         BaseModelError: the model cannot be found offline, or a download is needed but not allowed.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        target = tmp / "model"
+    with atomic_dir(out) as target:
         if spec.startswith(EMBEDDED_PREFIX):
             convert_gguf(*embedded_gguf(spec[len(EMBEDDED_PREFIX) :]), target)
         elif Path(spec).is_dir():
@@ -106,9 +103,4 @@ def materialise(spec: str, out: str | Path, allow_download: bool = False) -> Pat
                 f"model.base: '{spec}' is neither an embedded model nor a local folder; to fetch it from the hub "
                 f"set model.allow_download: true (needs internet)"
             )
-        if out.exists():
-            shutil.rmtree(out)
-        target.replace(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

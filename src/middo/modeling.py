@@ -26,6 +26,16 @@ class LoadedModel:
     path: str
 
 
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The tokenizer of a local model folder, with a pad token (EOS when the model defines none) for batching."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     path: str | Path, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
 ) -> LoadedModel:
@@ -34,16 +44,14 @@ def load_model(
     Raises:
         MiddoError: the folder does not exist or is not a model folder.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise MiddoError(f"{path}: not a model folder (no config.json); run `dvc repro` for the stage that makes it")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dt, local_files_only=True, trust_remote_code=trust_remote_code
     )

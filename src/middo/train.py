@@ -8,16 +8,15 @@ on the response tokens only, the same tokens the complexity signal scores.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from middo.config import TrainConfig
-from middo.dataio.atomic import atomic_write_text
+from middo.dataio.atomic import atomic_dir, atomic_write_text
 from middo.device import resolve_device, resolve_dtype
 from middo.errors import MiddoError
+from middo.modeling import load_tokenizer
 from middo.optional import require
 from middo.records import Record
 
@@ -57,15 +56,13 @@ def build_trainer(
     """An ``SFTTrainer`` ready to ``train()``; separate from :func:`train_sft` so tests can inspect batches."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     check_gpu_paths(cfg)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(base_model, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         base_model,
         dtype=torch.float32 if dt == torch.float16 else dt,
@@ -130,18 +127,16 @@ def train_sft(
     """Fine-tune and write ``out_dir`` (safetensors, tokenizer, ``train_metrics.json``) atomically."""
     if not records:
         raise MiddoError("train: the dataset is empty; nothing to train on")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        trainer = build_trainer(records, base_model, tmp / "trainer", cfg, seed, device, dtype, trust_remote_code)
+    with atomic_dir(out_dir) as target:
+        trainer = build_trainer(
+            records, base_model, target.parent / "trainer", cfg, seed, device, dtype, trust_remote_code
+        )
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
         model = trainer.model
         if cfg.lora.enabled:
             model = model.merge_and_unload()
-        target = tmp / "model"
         model.save_pretrained(target)
         trainer.processing_class.save_pretrained(target)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -162,9 +157,4 @@ def train_sft(
             "loss_history": losses,
         }
         atomic_write_text(target / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        target.replace(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return metrics

@@ -86,3 +86,25 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh folder beside ``path``; on a clean exit it replaces ``path`` in one rename.
+
+    For checkpoints and model folders: a stage killed mid-save leaves the old folder (or none), never half a model
+    that a later stage would load. On any exception the temp folder is removed and ``path`` is untouched.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        target = tmp / "out"
+        yield target
+        if path.exists():
+            shutil.rmtree(path)
+        target.replace(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
