@@ -21,6 +21,9 @@ PACKAGES = {
 }
 
 
+GPU_EXTRA = {"deepspeed", "liger_kernel", "flash_attn", "peft"}  # what `pip install -e '.[gpu]'` brings
+
+
 def is_available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
@@ -34,7 +37,8 @@ def require(module: str, needs_cuda: bool = False) -> None:
     pip_name, purpose = PACKAGES.get(module, (module, module))
     if not is_available(module):
         raise MiddoError(
-            f"{purpose} needs the '{pip_name}' package: pip install {pip_name}  (or: pip install -e '.[gpu]')"
+            f"{purpose} needs the '{pip_name}' package: pip install {pip_name}"
+            + ("  (or: pip install -e '.[gpu]')" if module in GPU_EXTRA else "")
         )
     if needs_cuda:
         import torch
