@@ -7,6 +7,7 @@ dataset or metrics file that DVC would then hash and cache as if it were good.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -14,7 +15,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from middo.errors import MiddoError
+
 _MODES = ("w", "wt", "wb")
+
+
+class WriteError(MiddoError, OSError):
+    """Writing an output failed (disk full, quota, file size limit, ...); the previous output is untouched."""
+
+
+# storage failures (as opposed to bugs such as a missing input, which keep their own error and traceback)
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and not isinstance(exc, WriteError) and exc.errno in _STORAGE_ERRNOS
+
+
+def _write_failed(path: Path, exc: OSError) -> WriteError:
+    reason = exc.strerror or str(exc)
+    return WriteError(
+        f"could not write {path}: {reason} (errno {exc.errno}); the previous {path.name}, if any, is intact"
+    )
+
 
 # Read once at import (single-threaded then): mkstemp creates files 0600, and outputs should get the usual mode.
 _UMASK = os.umask(0)
@@ -50,9 +73,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str = "
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _is_storage_error(exc):
+            raise _write_failed(path, exc) from exc
         raise
     _fsync_dir(path.parent)
 
@@ -106,5 +131,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         target.replace(path)
+    except OSError as exc:
+        if _is_storage_error(exc):
+            raise _write_failed(path, exc) from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
