@@ -51,11 +51,17 @@ def test_training_reduces_loss_and_checkpoint_generates(base_model_dir, tmp_path
         .state_dict()
         .items()
     }
-    metrics = train_sft(RECORDS, base_model_dir, out, TINY, seed=1, device="cpu", dtype="float32")
+    metrics_path = tmp_path / "metrics" / "round_0" / "train.json"
+    metrics = train_sft(
+        RECORDS, base_model_dir, out, TINY, seed=1, device="cpu", dtype="float32", metrics_path=metrics_path
+    )
     assert metrics["steps"] == 6
     assert metrics["last_loss"] < metrics["first_loss"]
     saved = json.loads((out / "train_metrics.json").read_text())
     assert saved["loss_history"] == metrics["loss_history"]
+    assert "seconds" not in saved  # the checkpoint folder must hash the same on every identical run
+    timing = json.loads(metrics_path.read_text())["train"]
+    assert timing["seconds"] > 0 and timing["steps"] == 6
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # temp dir cleaned up
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

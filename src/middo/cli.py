@@ -6,10 +6,26 @@ DVC stages (``stages/*.py``) call the same functions; this CLI is for people run
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 
 from middo import __version__
 from middo.errors import MiddoError
+
+
+def _under_torchrun(processes: int, args: argparse.Namespace) -> bool:
+    """Re-run this very command under torchrun with ``processes`` workers; False when already inside one (or 1).
+
+    This is what ``base.processes`` does: the stage command in dvc.yaml stays the same on one CPU or eight GPUs.
+    """
+    if processes <= 1 or "WORLD_SIZE" in os.environ:
+        return False
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    code = subprocess.call([*launcher, "-m", "middo", *args.argv])
+    if code != 0:
+        raise MiddoError(f"torchrun with {processes} processes exited with status {code} (see the log above)")
+    return True
 
 
 def _base_model(args: argparse.Namespace) -> None:
@@ -42,6 +58,8 @@ def _diagnose(args: argparse.Namespace) -> None:
     from middo.diagnose.run import diagnose_dataset
 
     p = load_params(args.params)
+    if _under_torchrun(p.base.processes, args):
+        return
     summary = diagnose_dataset(
         args.data,
         args.base,
@@ -53,7 +71,9 @@ def _diagnose(args: argparse.Namespace) -> None:
         p.base.dtype,
         p.model.trust_remote_code,
     )
-    print(f"round {args.round}: flagged {summary['flagged']} of {summary['n']}")
+    if summary:  # empty on torchrun ranks other than 0, which write nothing
+        print(f"round {args.round}: flagged {summary['flagged']} of {summary['n']}")
+        print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
 
 
 def _refine(args: argparse.Namespace) -> None:
@@ -96,8 +116,12 @@ def _train(args: argparse.Namespace) -> None:
         p.base.device,
         p.base.dtype,
         p.model.trust_remote_code,
+        metrics_path=args.metrics,
     )
-    print(f"round {args.round}: {m['steps']} steps, loss {m['first_loss']} -> {m['last_loss']}")
+    print(
+        f"round {args.round}: {m['steps']} steps, loss {m['first_loss']} -> {m['last_loss']}, "
+        f"{m['seconds']:.0f} s ({m['tokens_per_second']} tokens/s)"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -105,6 +129,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from middo.evaluate import evaluate_model
 
     p = load_params(args.params)
+    if _under_torchrun(p.base.processes, args):
+        return
     res = evaluate_model(
         args.model,
         list(p.eval.suites),
@@ -182,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--base", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--metrics", help="JSON for loss, steps and throughput (a DVC metric)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="run the offline benchmark suites on a checkpoint")
@@ -213,12 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
     except MiddoError as exc:
         print(f"middo {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group cleanly (torch warns at exit otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main_entry() -> None:

@@ -42,6 +42,9 @@ class BaseConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
         "auto", "Model dtype; auto uses bfloat16 only where the device computes it natively (else float32)."
     )
+    processes: int = knob(
+        1, "Processes for diagnose and evaluate (torchrun; one per GPU). Scores equal a one-process run's.", ge=1
+    )
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class QualityConfig:
 @dataclass(frozen=True)
 class DiagnoseConfig:
     max_tokens: int = knob(1024, "Token budget per batch (padded tokens); 1024 suits CPUs, raise on GPUs.", ge=64)
+    window: int = knob(4096, "Samples tokenized and batched at a time: bounds memory on large datasets.", ge=1)
     complexity: ComplexityConfig = field(default_factory=ComplexityConfig)
     diversity: DiversityConfig = field(default_factory=DiversityConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)

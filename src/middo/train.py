@@ -123,8 +123,13 @@ def train_sft(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    metrics_path: str | Path | None = None,
 ) -> dict:
-    """Fine-tune and write ``out_dir`` (safetensors, tokenizer, ``train_metrics.json``) atomically."""
+    """Fine-tune and write ``out_dir`` (safetensors, tokenizer, ``train_metrics.json``) atomically.
+
+    The checkpoint folder holds only what is the same on every identical run (weights, losses, counts), so two
+    clean ``dvc repro`` runs give the same hash; wall time and throughput go to ``metrics_path`` (a DVC metric).
+    """
     if not records:
         raise MiddoError("train: the dataset is empty; nothing to train on")
     with atomic_dir(out_dir) as target:
@@ -156,5 +161,10 @@ def train_sft(
             "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
             "loss_history": losses,
         }
-        atomic_write_text(target / "train_metrics.json", json.dumps(metrics, indent=2) + "\n")
+        timing = ("seconds", "tokens_per_second")
+        kept = {k: v for k, v in metrics.items() if k not in timing}
+        atomic_write_text(target / "train_metrics.json", json.dumps(kept, indent=2) + "\n")
+    if metrics_path is not None:
+        scalars = {k: v for k, v in metrics.items() if k != "loss_history"}
+        atomic_write_text(metrics_path, json.dumps({"train": scalars}, indent=2) + "\n")
     return metrics

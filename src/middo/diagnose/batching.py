@@ -6,9 +6,11 @@ Sorting by length and filling each batch up to ``max_tokens`` padded tokens keep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 
 def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 256) -> list[list[int]]:
@@ -45,3 +47,19 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -
             ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
             mask[row, width - len(s) :] = 1
     return ids, mask
+
+
+def windows(n: int, size: int) -> list[range]:
+    """Consecutive index ranges of at most ``size``: long runs tokenize and batch one window at a time, so memory
+    holds ``size`` samples' tokens, not N's (the window is large enough that sorting inside it removes padding)."""
+    return [range(lo, min(lo + size, n)) for lo in range(0, n, max(1, size))]
+
+
+@contextlib.contextmanager
+def progress(shared, total: int, desc: str, unit: str, show: bool = True) -> Iterator:
+    """The caller's progress bar when one is passed (the windows of one signal share a bar), else a new one."""
+    if shared is not None:
+        yield shared
+        return
+    with tqdm(total=total, desc=desc, unit=unit, disable=not show) as bar:
+        yield bar

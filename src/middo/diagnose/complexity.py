@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from middo.diagnose.batching import pad_batch, token_budget_batches
+from middo.diagnose.batching import pad_batch, progress, token_budget_batches
+from middo.distributed import Shard, owned_mask
 from middo.modeling import decoder_hidden
 from middo.records import Record
 
@@ -48,12 +48,18 @@ def response_losses(
     head_chunk: int = 1024,
     padding_side: str = "right",
     desc: str = "loss",
+    shard: Shard = Shard(),
+    bar=None,
 ) -> np.ndarray:
-    """Per-sample mean response-token loss (float64); NaN where no response token survived truncation."""
+    """Per-sample mean response-token loss (float64); NaN where no response token survived truncation.
+
+    With a ``shard`` each process scores its share of the batches and every process returns the merged array.
+    """
     losses = np.full(len(encoded), np.nan)
     head = model.get_output_embeddings()
-    batches = token_budget_batches([len(ids) for ids, _ in encoded], max_tokens)
-    with tqdm(total=len(encoded), desc=desc, unit="sample") as bar:
+    batches = shard.take(token_budget_batches([len(ids) for ids, _ in encoded], max_tokens))
+    owned = owned_mask(len(encoded), batches)
+    with progress(bar, int(owned.sum()), desc, "sample", shard.is_main) as bar:
         for batch in batches:
             ids, mask = pad_batch([encoded[i][0] for i in batch], pad_id, padding_side)
             ids, mask = ids.to(device), mask.to(device)
@@ -77,4 +83,4 @@ def response_losses(
                 if counts[row] > 0:
                     losses[i] = (sums[row] / counts[row]).item()
             bar.update(len(batch))
-    return losses
+    return shard.merge_rows(losses, owned)

