@@ -41,6 +41,14 @@ def git(*args: str, cwd: Path) -> str:
     return run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd)
 
 
+def out_hashes(repo: Path) -> dict[str, str]:
+    """``{output path: md5}`` for every stage output in dvc.lock (data, checkpoints, scores, metrics, plots), except
+    the training metrics, which hold wall time and throughput."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    outs = {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+    return {path: md5 for path, md5 in outs.items() if not path.endswith("/train.json")}
+
+
 def ran_stages(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
 
@@ -84,15 +92,33 @@ def project(tmp_path_factory, base_model_dir, env):
 @pytest.mark.slow
 def test_loop_end_to_end(project, env, tmp_path):
     log = dvc("repro", cwd=project, env=env)
-    assert {"base_model", "import_seed", "train_seed", "evaluate_seed", "diagnose@1", "refine@1", "train@1",
-            "evaluate@1", "summarize"} <= ran_stages(log)
+    assert {
+        "base_model",
+        "import_seed",
+        "train_seed",
+        "evaluate_seed",
+        "diagnose@1",
+        "refine@1",
+        "train@1",
+        "evaluate@1",
+        "summarize",
+    } <= ran_stages(log)
     assert (project / "models/round_1/model.safetensors").is_file()
     assert (project / "reports/summary.json").is_file()
+    # no pickle anywhere in the outputs: checkpoints are safetensors, data JSONL, scores Parquet, caches JSON
+    pickled = [p for ext in ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle") for p in project.rglob(ext)]
+    assert [p for p in pickled if ".venv" not in p.parts] == []
     git("add", "-A", cwd=project)
     git("commit", "-qm", "round 1", cwd=project)
 
     # a second repro is a no-op
     assert ran_stages(dvc("repro", cwd=project, env=env)) == set()
+
+    # determinism: a forced re-run from scratch (teacher cache emptied too) reproduces every output hash in dvc.lock
+    before = out_hashes(project)
+    shutil.rmtree(project.parent / "teacher-cache")
+    dvc("repro", "--force", cwd=project, env=env)
+    assert out_hashes(project) == before
 
     # adding round 2 runs only round 2's stages (and the summary)
     log = dvc("exp", "run", "-S", "+rounds.2=1", cwd=project, env=env)
@@ -108,8 +134,12 @@ def test_loop_end_to_end(project, env, tmp_path):
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
     dvc("pull", cwd=clone, env=env)
-    for rel in ("data/round_1/train.jsonl", "data/round_2/train.jsonl", "models/round_2/model.safetensors",
-                "models/base/model.safetensors"):
+    for rel in (
+        "data/round_1/train.jsonl",
+        "data/round_2/train.jsonl",
+        "models/round_2/model.safetensors",
+        "models/base/model.safetensors",
+    ):
         assert filecmp.cmp(project / rel, clone / rel, shallow=False), rel
 
 
@@ -123,18 +153,26 @@ def _free_port() -> int:
 def test_s3_remote_round_trip_through_moto(tmp_path, env):
     pytest.importorskip("dvc_s3")
     port = _free_port()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        s3env = dict(env, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret",
-                     AWS_DEFAULT_REGION="us-east-1")
+        s3env = dict(
+            env, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing-secret", AWS_DEFAULT_REGION="us-east-1"
+        )
         import boto3
 
         for _ in range(100):
             try:
-                boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
-                             aws_secret_access_key="testing-secret", region_name="us-east-1"
-                             ).create_bucket(Bucket="middo")
+                boto3.client(
+                    "s3",
+                    endpoint_url=f"http://127.0.0.1:{port}",
+                    aws_access_key_id="testing",
+                    aws_secret_access_key="testing-secret",
+                    region_name="us-east-1",
+                ).create_bucket(Bucket="middo")
                 break
             except Exception:  # noqa: BLE001 - server still starting
                 time.sleep(0.1)

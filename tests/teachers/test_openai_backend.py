@@ -115,3 +115,29 @@ def test_server_gone_mid_run_stops_the_run(fake_server, completion):
     server.close()
     with pytest.raises(TeacherUnavailable, match=server.base_url):
         teacher.complete(["b", "c"], SAMPLING)
+
+
+def test_slow_reply_times_out_then_retry_succeeds(fake_server, completion):
+    def handler(i, body):
+        if i == 0:
+            time.sleep(1.5)  # longer than the teacher's timeout: the client gives up and retries
+        return 200, completion("fast now")
+
+    server = fake_server(handler)
+    teacher = OpenAITeacher(server.base_url, "m", timeout=0.5, max_retries=2, backoff=0.01)
+    assert teacher.complete(["q"], SAMPLING) == ["fast now"]
+    assert len(server.posts) == 2
+
+
+def test_always_slow_gives_none_after_retries(fake_server, completion, caplog):
+    def handler(i, body):
+        time.sleep(1.0)
+        return 200, completion("too late")
+
+    server = fake_server(handler)
+    teacher = OpenAITeacher(server.base_url, "m", timeout=0.3, max_retries=1, backoff=0.01)
+    start = time.monotonic()
+    assert teacher.complete(["q"], SAMPLING) == [None]
+    assert time.monotonic() - start < 10
+    assert len(server.posts) == 2
+    assert "timed out" in caplog.text.lower() or "timeout" in caplog.text.lower()
