@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_diagnose.py                    # CPU, defaults (~4 min on 2 cores)
     .venv/bin/python bench/bench_diagnose.py --device cuda      # same script on a GPU
+    .venv/bin/python bench/bench_diagnose.py --device cuda --shape llama-8b --dtype bfloat16 --n 1024 \
+        --max-tokens 16384 --out bench/results/diagnose_cuda_8b.json   # 8B-shaped random Llama (issue 8)
 
 Three rows, each timed after a warm-up on a few samples, with the same inputs for both sides:
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import bench_records, machine_info, measure_matmul_flops, peak_rss_mb, report, sync
+from common import LLAMA_8B, bench_records, machine_info, measure_matmul_flops, peak_rss_mb, random_llama, report, sync
 
 from middo.diagnose.batching import pad_batch
 from middo.diagnose.complexity import response_losses, tokenize_for_loss
@@ -151,6 +153,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--n", type=int, default=256, help="samples for the loss and embedding rows")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="local HF model folder")
+    parser.add_argument("--shape", choices=["llama-8b"], help="random-weight model of this shape (tokenizer: --model)")
     parser.add_argument("--knn-n", type=int, default=20000, help="rows of the random kNN matrix")
     parser.add_argument("--knn-dim", type=int, default=576, help="columns of the random kNN matrix")
     parser.add_argument("--knn-k", type=int, default=2, help="neighbours per row")
@@ -171,7 +174,11 @@ def main() -> None:
     print(f"[floor] float32 matmul: {flops_fp32 / 1e9:.1f} GFLOP/s", flush=True)
     knn_row = bench_knn(args.knn_n, args.knn_dim, args.knn_k, device, args.seed, flops_fp32)
 
-    lm = load_model(args.model, args.device, args.dtype)
+    if args.shape:
+        dtype = {"auto": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+        lm = random_llama(LLAMA_8B, args.model, args.device, dtype)
+    else:
+        lm = load_model(args.model, args.device, args.dtype)
     model, tok = lm.model, lm.tokenizer
     n_params = sum(p.numel() for p in model.parameters())
     flops = flops_fp32 if lm.dtype == torch.float32 else measure_matmul_flops(device, lm.dtype)

@@ -143,3 +143,34 @@ def report(rows: list[dict], path: str | Path, meta: dict | None = None) -> None
         f.write("\n")
     os.replace(tmp, path)
     print(f"wrote {path}")
+
+
+# Llama-3-8B's shape (random weights: speed depends on the shape, not the values)
+LLAMA_8B = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+}
+
+
+def random_llama(shape: dict, tokenizer_dir: str | Path, device: str, dtype: torch.dtype):
+    """A random-weight Llama of ``shape`` built directly on ``device`` in ``dtype``, with a real tokenizer.
+
+    The tokenizer's ids are all below the shape's vocabulary, so real text can be scored; nothing is downloaded.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from middo.modeling import LoadedModel, load_tokenizer
+
+    cfg = LlamaConfig(**shape)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    model.eval()
+    return LoadedModel(model, load_tokenizer(tokenizer_dir), torch.device(device), dtype, f"random-llama{shape}")
