@@ -78,3 +78,24 @@ def test_diversity_cap_keeps_scale(teacher):
     handled = [c for c in res.changes if c["status"] != "skipped"]
     assert [c["parent_id"] for c in handled] == ["rare"]  # the sparsest one
     assert res.report["size_after"] <= len(RECORDS) + 1
+
+
+@pytest.mark.slow
+def test_a_sample_inspires_only_once_across_rounds(teacher):
+    """Round 2 must not re-ask the teacher about round 1's parent (it would return the same child again)."""
+    flags = {"diversity": {"rare", "ok2"}}
+    knn = {"rare": 0.1, "ok2": 0.3}
+    first = refine_records(
+        RECORDS, flags, teacher, Sampling(max_new_tokens=24), round_=1, max_added_fraction=0.2, knn_sim=knn
+    )
+    child = next(r for r in first.records if r.parent_id == "rare")  # the sparsest one got the one slot
+    second = refine_records(
+        first.records, flags, teacher, Sampling(max_new_tokens=24), round_=2, max_added_fraction=0.2, knn_sim=knn
+    )
+    rep = second.report
+    assert rep["diversity_already_inspired"] == 1
+    skipped = next(c for c in second.changes if c["parent_id"] == "rare")
+    assert skipped["status"] == "skipped" and child.id in skipped["reason"]
+    asked = [c["parent_id"] for c in second.changes if c["status"] != "skipped"]
+    assert asked == ["ok2"]  # the slot went to the next sparsest sample
+    assert rep["dropped_duplicates"] == 0

@@ -1,6 +1,6 @@
 import pytest
 
-from middo.refine.prompts import DIVERSIFY, IMPROVE, SIMPLIFY, parse_fields
+from middo.refine.prompts import DIVERSIFY, IMPROVE, SIMPLIFY, echoes_template, parse_fields
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,20 @@ def test_templates_ask_for_marked_answers():
         assert "<instruction>" in t and "</instruction>" in t
     assert "<response>" in IMPROVE
     assert "{prompt}" in SIMPLIFY and "{response}" in IMPROVE
+
+
+def test_a_reply_that_parrots_the_prompt_is_unparseable():
+    # a real reply of the 135M demo teacher to SIMPLIFY (round 2 of the demo, before this check)
+    parrot = "The instruction is too hard or convoluted for a student model to learn from."
+    assert echoes_template(parrot, SIMPLIFY)
+    values, status = parse_fields(parrot, ("instruction",), template=SIMPLIFY)
+    assert values is None and status == "unparseable: <instruction> repeats the prompt"
+    # a real rewrite that shares words with the template ("instruction", "simpler") is kept
+    good = "Write a simpler instruction: explain how a virus differs from a bacterium in two sentences."
+    assert not echoes_template(good, SIMPLIFY)
+    assert parse_fields(f"<instruction>{good}</instruction>", ("instruction",), template=SIMPLIFY) == (
+        {"instruction": good},
+        "ok",
+    )
+    # without a template nothing changes
+    assert parse_fields(parrot, ("instruction",))[1] == "fallback"

@@ -2,8 +2,11 @@
 
 A sample flagged on several axes is handled once, by the first axis in ``precedence``. Replacements (simplify,
 improve) keep the dataset size; diversify adds a new sample beside its parent, capped at ``max_added_fraction`` of
-the dataset (lowest kNN similarity first), so the dataset grows slowly, as in the paper. A teacher reply that cannot
-be parsed leaves the original in place and is counted, never dropped.
+the dataset (lowest kNN similarity first), so the dataset grows slowly, as in the paper. A sample that already
+inspired a new one in an earlier round (its child is in the dataset) is not asked again: with a deterministic teacher
+the same prompt gives the same child, which would only be dropped as a duplicate, and the cap goes to the next
+sparsest sample instead. A teacher reply that cannot be parsed leaves the original in place and is counted, never
+dropped.
 """
 
 from __future__ import annotations
@@ -74,11 +77,14 @@ def refine_records(
     """Refine ``records`` given per-axis sets of flagged ids; returns the new dataset, changes and report."""
     by_id = {r.id: r for r in records}
     assigned, overlaps = assign_axes({a: set(ids) & by_id.keys() for a, ids in flags.items()}, precedence)
-    div = [rid for rid, a in assigned.items() if a == "diversity"]
+    inspired = {r.parent_id: r for r in records if r.op == "diversify" and r.parent_id}
+    div = [rid for rid, a in assigned.items() if a == "diversity" and rid not in inspired]
+    again = sorted(rid for rid, a in assigned.items() if a == "diversity" and rid in inspired)
     cap = int(max_added_fraction * len(records))
     div.sort(key=lambda rid: ((knn_sim or {}).get(rid, 0.0), rid))
     over_cap = set(div[cap:])
-    todo = [(rid, assigned[rid]) for rid in (r.id for r in records) if rid in assigned and rid not in over_cap]
+    skipped = over_cap | set(again)
+    todo = [(rid, assigned[rid]) for rid in (r.id for r in records) if rid in assigned and rid not in skipped]
 
     # call 1: the rewrite (simplify/diversify: a new instruction; improve: instruction + response)
     first = [
@@ -86,7 +92,11 @@ def refine_records(
     ]
     replies = teacher.complete(first, sampling) if first else []
     parsed: list[tuple[dict | None, str]] = [
-        prompts.parse_fields(reply, ("instruction", "response") if axis == "quality" else ("instruction",))
+        prompts.parse_fields(
+            reply,
+            ("instruction", "response") if axis == "quality" else ("instruction",),
+            template=FIRST_PROMPT[OPS[axis]],
+        )
         for reply, (_, axis) in zip(replies, todo)
     ]
     # call 2: a fresh response to each new instruction (improve already has its response)
@@ -137,6 +147,18 @@ def refine_records(
                 "reason": f"over the cap of {cap} new samples this round",
             }
         )
+    for rid in again:
+        child = inspired[rid]
+        changes.append(
+            {
+                "axis": "diversity",
+                "op": "diversify",
+                "parent_id": rid,
+                "status": "skipped",
+                "result": "kept_original",
+                "reason": f"already inspired {child.id} (round {child.round})",
+            }
+        )
 
     out: list[Record] = []
     for rec in records:
@@ -165,6 +187,7 @@ def refine_records(
         "reply_status": dict(status_counts),
         "diversity_cap": cap,
         "diversity_over_cap": len(over_cap),
+        "diversity_already_inspired": len(again),
         "teacher_calls": len(first) + len(need_answer),
     }
     report["dropped_duplicates"] = kept + len(replaced) + len(added) - len(out)  # so kept+replaced+added-dropped=out

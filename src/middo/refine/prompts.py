@@ -60,12 +60,42 @@ def clean(text: str, strip_fences: bool = True) -> str:
     return _FENCE.sub("", text).strip() if strip_fences else text
 
 
-def parse_fields(reply: str | None, fields: tuple[str, ...]) -> tuple[dict[str, str] | None, str]:
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+
+
+def echoes_template(value: str, template: str) -> bool:
+    """True when ``value`` is mostly the prompt's own wording (small teachers often parrot the task description).
+
+    Measured on word trigrams of the template's fixed text (placeholders removed), so a rewrite that merely shares
+    a topic word with the instructions is not caught, while "The instruction is too hard ..." is.
+    """
+    grams = _trigrams(value)
+    if not grams:
+        return False
+    fixed = _trigrams(re.sub(r"\{\w+\}", " ", template))
+    return len(grams & fixed) / len(grams) >= 0.5
+
+
+def parse_fields(
+    reply: str | None, fields: tuple[str, ...], template: str | None = None
+) -> tuple[dict[str, str] | None, str]:
     """Extract ``fields`` from a teacher reply.
 
     Returns ``(values, status)``: status ``ok`` (all tags found), ``fallback`` (single field, no tag: the cleaned
-    reply is used), or ``unparseable`` with a short reason after a colon (values ``None``).
+    reply is used), or ``unparseable`` with a short reason after a colon (values ``None``). With ``template`` (the
+    prompt the reply answers), a value that mostly repeats the template's own wording is unparseable too.
     """
+    values, status = _parse(reply, fields)
+    if values is not None and template is not None:
+        echoed = [f for f, v in values.items() if echoes_template(v, template)]
+        if echoed:
+            return None, f"unparseable: <{'>, <'.join(echoed)}> repeats the prompt"
+    return values, status
+
+
+def _parse(reply: str | None, fields: tuple[str, ...]) -> tuple[dict[str, str] | None, str]:
     if reply is None:
         return None, "unparseable: no reply (call failed)"
     if not reply.strip():
