@@ -7,6 +7,7 @@ on the response tokens only, the same tokens the complexity signal scores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -106,12 +107,20 @@ def build_trainer(
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,
-        **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        **_checkpointing(SFTConfig, cfg.gradient_checkpointing),
     )
     dataset = Dataset.from_list(to_prompt_completion(records))
     return SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
+
+
+def _checkpointing(config_cls, enabled: bool) -> dict:
+    """Always say it explicitly: TRL's SFTConfig turns gradient checkpointing ON by default (slower steps), and
+    transformers 5 renamed it ``activation_checkpointing`` (the old name warns)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: enabled}
 
 
 def train_sft(
