@@ -99,3 +99,29 @@ def test_a_sample_inspires_only_once_across_rounds(teacher):
     asked = [c["parent_id"] for c in second.changes if c["status"] != "skipped"]
     assert asked == ["ok2"]  # the slot went to the next sparsest sample
     assert rep["dropped_duplicates"] == 0
+
+
+class CopyingTeacher:
+    """A teacher that answers every rewrite request with the instruction it was shown (as small models do)."""
+
+    def complete(self, prompts, sampling):
+        out = []
+        for p in prompts:
+            if "Instruction:\n" in p:
+                shown = p.split("Instruction:\n", 1)[1].split("\n\n", 1)[0]
+                out.append(f"<instruction>{shown}</instruction>")
+            else:
+                out.append("An answer.")
+        return out
+
+
+def test_a_rewrite_that_copies_the_original_keeps_the_original():
+    flags = {"complexity": {"hard"}, "diversity": {"rare"}}
+    res = refine_records(RECORDS, flags, CopyingTeacher(), Sampling(), round_=1, max_added_fraction=0.2)
+    assert [r.id for r in res.records] == [r.id for r in RECORDS]  # nothing replaced, nothing added
+    statuses = {c["parent_id"]: c["status"] for c in res.changes}
+    assert statuses == {
+        "hard": "unparseable: the reply repeats the original",
+        "rare": "unparseable: the reply repeats the original",
+    }
+    assert res.report["dropped_duplicates"] == 0 and res.report["teacher_calls"] == 2  # no answer was asked for

@@ -64,6 +64,19 @@ def _derived(
     )
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _unless_copied(vals: dict | None, status: str, parent: Record) -> tuple[dict | None, str]:
+    """A "rewrite" that is the parent's own instruction changes nothing (and, answered greedily, reproduces the
+    parent, which would only be dropped as a duplicate): count it as unparseable and keep the original."""
+    if vals is not None and _norm(vals["instruction"]) in (_norm(parent.prompt_text), _norm(parent.instruction)):
+        if "response" not in vals or _norm(vals["response"]) == _norm(parent.output):
+            return None, "unparseable: the reply repeats the original"
+    return vals, status
+
+
 def refine_records(
     records: Sequence[Record],
     flags: Mapping[str, set[str]],
@@ -99,6 +112,7 @@ def refine_records(
         )
         for reply, (_, axis) in zip(replies, todo)
     ]
+    parsed = [_unless_copied(vals, status, by_id[rid]) for (vals, status), (rid, _) in zip(parsed, todo)]
     # call 2: a fresh response to each new instruction (improve already has its response)
     need_answer = [i for i, ((vals, _), (_, axis)) in enumerate(zip(parsed, todo)) if vals and axis != "quality"]
     answers = teacher.complete([parsed[i][0]["instruction"] for i in need_answer], sampling) if need_answer else []
