@@ -8,7 +8,8 @@ Each N runs in a fresh subprocess, so peak RSS (``ru_maxrss``) is that run's own
   from the score and embedding arrays (the records are tokenized ``diagnose.window`` at a time).
 
 The projection to 50k / 500k samples scales each signal's measured seconds per sample linearly (batches are
-independent) and kNN quadratically (N² · dim FLOPs), from the largest real-model run.
+independent) from the largest real-model run, and kNN quadratically (N² · dim FLOPs) from the largest N measured by
+``bench_knn_scale.py`` (``--knn-result``; a 128-sample kNN takes microseconds and says nothing about 500k).
 
     .venv/bin/python bench/bench_diagnose_scale.py --sizes 128 --out bench/results/diagnose_scale_real.json
     .venv/bin/python bench/bench_diagnose_scale.py --tiny --sizes 2500,5000,10000,20000
@@ -79,14 +80,22 @@ def one(n: int, model: Path, max_tokens: int, window: int, seed: int) -> dict:
     return row
 
 
-def project(row: dict, targets: list[int], dim: int) -> list[dict]:
-    """Linear per-sample costs for the model passes, quadratic for kNN, from one measured row."""
+def knn_anchor(path: Path, dim: int) -> tuple[int, float]:
+    """(N, seconds) of the largest chunked-kNN run in a bench_knn_scale result, rescaled to ``dim``."""
+    rows = json.loads(path.read_text())["rows"]
+    best = max(rows, key=lambda r: r["n"])
+    return best["n"], best["fast_s"] * dim / best["dim"]
+
+
+def project(row: dict, targets: list[int], dim: int, knn: tuple[int, float] | None = None) -> list[dict]:
+    """Linear per-sample costs for the model passes, quadratic for kNN, from one measured row (and a kNN anchor)."""
     n = row["n"]
+    knn_n, knn_s = knn or (n, row["knn_s"])
     out = []
     for target in targets:
         scale = target / n
         est = {k: row[f"{k}_s"] * scale for k in ("loss_base", "loss_current", "embed", "quality")}
-        est["knn"] = row["knn_s"] * scale**2
+        est["knn"] = knn_s * (target / knn_n) ** 2
         out.append(
             {
                 "n": target,
@@ -107,6 +116,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--window", type=int, default=4096)
     parser.add_argument("--project", default="50000,500000", help="sizes to project to from the largest run")
+    parser.add_argument("--knn-result", default=str(ROOT / "bench" / "results" / "knn_scale_cpu.json"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
@@ -128,13 +138,16 @@ def main() -> None:
     from transformers import AutoConfig
 
     dim = AutoConfig.from_pretrained(model).hidden_size
-    projection = project(rows[-1], [int(s) for s in args.project.split(",")], dim) if args.project else []
+    anchor = knn_anchor(Path(args.knn_result), dim) if Path(args.knn_result).is_file() else None
+    targets = [int(s) for s in args.project.split(",")] if args.project else []
+    projection = project(rows[-1], targets, dim, anchor) if targets else []
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "model": str(model),
         "machine": machine_info("cpu"),
         "load_before": load_before,
         "load_after": os.getloadavg(),
+        "knn_anchor": {"file": args.knn_result, "n": anchor[0], "seconds_at_dim": anchor[1]} if anchor else None,
         "projection": projection,
     }
     report(rows, out, meta)
