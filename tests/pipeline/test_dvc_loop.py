@@ -23,7 +23,7 @@ TINY = {
     "train": {"max_steps": 2, "batch_size": 4, "max_length": 256, "warmup_ratio": 0.0},
     "refine": {"teacher": {"max_new_tokens": 12}},
     "eval": {"suites": ["hellaswag", "gsm8k"], "limit": 2, "max_new_tokens": 16},
-    "rounds": {"1": 0},
+    "rounds": {"1": 0, "2": 1},
 }
 
 
@@ -76,7 +76,7 @@ def project(tmp_path_factory, base_model_dir, env):
     from middo.config import deep_merge
 
     params = deep_merge(params, TINY)
-    params["rounds"] = dict(TINY["rounds"])  # replace, not merge: the test adds round 2 itself
+    params["rounds"] = dict(TINY["rounds"])  # replace, not merge: the test adds round 3 itself
     params["model"]["base"] = str(base_model_dir)  # a local folder: copied, no 30 s GGUF conversion per test run
     params["refine"]["teacher"]["cache_dir"] = str(repo.parent / "teacher-cache")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -101,15 +101,19 @@ def test_loop_end_to_end(project, env, tmp_path):
         "refine@1",
         "train@1",
         "evaluate@1",
+        "diagnose@2",
+        "refine@2",
+        "train@2",
+        "evaluate@2",
         "summarize",
     } <= ran_stages(log)
-    assert (project / "models/round_1/model.safetensors").is_file()
+    assert (project / "models/round_2/model.safetensors").is_file()
     assert (project / "reports/summary.json").is_file()
     # no pickle anywhere in the outputs: checkpoints are safetensors, data JSONL, scores Parquet, caches JSON
     pickled = [p for ext in ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle") for p in project.rglob(ext)]
     assert [p for p in pickled if ".venv" not in p.parts] == []
     git("add", "-A", cwd=project)
-    git("commit", "-qm", "round 1", cwd=project)
+    git("commit", "-qm", "rounds 1-2", cwd=project)
 
     # a second repro is a no-op
     assert ran_stages(dvc("repro", cwd=project, env=env)) == set()
@@ -120,12 +124,12 @@ def test_loop_end_to_end(project, env, tmp_path):
     dvc("repro", "--force", cwd=project, env=env)
     assert out_hashes(project) == before
 
-    # adding round 2 runs only round 2's stages (and the summary)
-    log = dvc("exp", "run", "-S", "+rounds.2=1", cwd=project, env=env)
-    assert ran_stages(log) == {"diagnose@2", "refine@2", "train@2", "evaluate@2", "summarize"}
+    # adding round 3 runs only round 3's stages (and the summary)
+    log = dvc("exp", "run", "-S", "+rounds.3=2", cwd=project, env=env)
+    assert ran_stages(log) == {"diagnose@3", "refine@3", "train@3", "evaluate@3", "summarize"}
     dvc("exp", "apply", dvc("exp", "ls", "--name-only", cwd=project).split()[-1], cwd=project)
     git("add", "-A", cwd=project)
-    git("commit", "-qm", "round 2", cwd=project)
+    git("commit", "-qm", "round 3", cwd=project)
     shown = dvc("exp", "show", "--no-pager", "--md", cwd=project, env=env)
     assert "average" in shown
 
@@ -137,7 +141,9 @@ def test_loop_end_to_end(project, env, tmp_path):
     for rel in (
         "data/round_1/train.jsonl",
         "data/round_2/train.jsonl",
-        "models/round_2/model.safetensors",
+        "data/round_3/train.jsonl",
+        "models/round_3/model.safetensors",
+        "metrics/round_3/diagnosis/scores.parquet",
         "models/base/model.safetensors",
     ):
         assert filecmp.cmp(project / rel, clone / rel, shallow=False), rel
