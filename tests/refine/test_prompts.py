@@ -26,6 +26,27 @@ from middo.refine.prompts import DIVERSIFY, IMPROVE, SIMPLIFY, echoes_template, 
         ("", ("instruction",), (None, "unparseable: empty reply")),
         (None, ("instruction",), (None, "unparseable: no reply (call failed)")),
         ("<instruction>   </instruction>", ("instruction",), (None, "unparseable: missing <instruction>")),
+        # labels in front of the answer (real replies of the 135M demo teacher), quotes around it dropped
+        (
+            'The rewritten instruction is: "The human body is made up of organs that pump blood through the body.',
+            ("instruction",),
+            ({"instruction": "The human body is made up of organs that pump blood through the body."}, "fallback"),
+        ),
+        (
+            '<instruction>New instruction: "Name the organ that pumps blood."</instruction>',
+            ("instruction",),
+            ({"instruction": "Name the organ that pumps blood."}, "ok"),
+        ),
+        (
+            '<instruction>Rewritten instruction: say "hi" to "Bob"</instruction>',
+            ("instruction",),
+            ({"instruction": 'say "hi" to "Bob"'}, "ok"),
+        ),
+        (
+            "The instruction is to merge two lists.",
+            ("instruction",),
+            ({"instruction": "The instruction is to merge two lists."}, "fallback"),
+        ),
     ],
 )
 def test_parse_fields(reply, fields, expected):

@@ -43,6 +43,13 @@ ANSWER = "{prompt}"  # a fresh response is simply the teacher's answer to the (n
 
 _FENCE = re.compile(r"^```[\w-]*\s*\n?|\n?```\s*$")
 _PREAMBLE = re.compile(r"^(sure|certainly|here(?:'s| is| are)|of course|okay|ok)\b[^\n]*[:.!]\s*\n", re.IGNORECASE)
+# "The rewritten instruction is: "..."" -- a label in front of the answer, the answer often in quotes
+_LABEL = re.compile(
+    r"^(?:the\s+)?(?:rewritten|new|improved|simplified|simpler|clearer)\s+(?:instruction|response|answer)"
+    r"(?:\s+(?:is|would be))?\s*:\s*",
+    re.IGNORECASE,
+)
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d"}
 
 
 def _tagged(text: str, tag: str) -> str | None:
@@ -51,12 +58,20 @@ def _tagged(text: str, tag: str) -> str | None:
 
 
 def clean(text: str, strip_fences: bool = True) -> str:
-    """Strip a one-line conversational preamble and (for instructions) code fences around the whole reply.
+    """Strip a one-line conversational preamble, a leading label ("Rewritten instruction: ...", with the quotes
+    around a quoted answer) and (for instructions) code fences around the whole reply.
 
     Responses keep their fences: a code answer is markdown, and the fence is part of what the student should learn.
     """
     text = (text or "").strip()
     text = _PREAMBLE.sub("", text, count=1).strip()
+    labelled = _LABEL.match(text)
+    if labelled:
+        text = text[labelled.end() :].strip()
+        close = _QUOTES.get(text[:1])
+        inner = text[1:]
+        if close and close not in inner.removesuffix(close):  # the whole answer is one quoted span (or cut off)
+            text = inner.removesuffix(close).strip()
     return _FENCE.sub("", text).strip() if strip_fences else text
 
 
