@@ -150,29 +150,8 @@ def refine_records(
             (added if axis == "diversity" else replaced)[rid] = new
             entry.update(result="added" if axis == "diversity" else "replaced", id=new.id, after=new.to_dict())
         changes.append(entry)
-    for rid in sorted(over_cap):
-        changes.append(
-            {
-                "axis": "diversity",
-                "op": "diversify",
-                "parent_id": rid,
-                "status": "skipped",
-                "result": "kept_original",
-                "reason": f"over the cap of {cap} new samples this round",
-            }
-        )
-    for rid in again:
-        child = inspired[rid]
-        changes.append(
-            {
-                "axis": "diversity",
-                "op": "diversify",
-                "parent_id": rid,
-                "status": "skipped",
-                "result": "kept_original",
-                "reason": f"already inspired {child.id} (round {child.round})",
-            }
-        )
+    changes += [_skipped(rid, f"over the cap of {cap} new samples this round") for rid in sorted(over_cap)]
+    changes += [_skipped(rid, f"already inspired {inspired[rid].id} (round {inspired[rid].round})") for rid in again]
 
     out: list[Record] = []
     for rec in records:
@@ -206,6 +185,18 @@ def refine_records(
     }
     report["dropped_duplicates"] = kept + len(replaced) + len(added) - len(out)  # so kept+replaced+added-dropped=out
     return RefineResult(out, changes, report)
+
+
+def _skipped(rid: str, reason: str) -> dict:
+    """The change-log entry of a diversity candidate that was not sent to the teacher."""
+    return {
+        "axis": "diversity",
+        "op": "diversify",
+        "parent_id": rid,
+        "status": "skipped",
+        "result": "kept_original",
+        "reason": reason,
+    }
 
 
 def _dedupe_ids(records: list[Record], changes: list[dict]) -> list[Record]:
