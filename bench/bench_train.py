@@ -14,7 +14,17 @@ ap.add_argument("--device", default="cpu")
 ap.add_argument("--data", default="data/round_0/train.jsonl")
 ap.add_argument("--model", default=".cache/models/smollm2-135m-instruct")
 ap.add_argument("--out", default="/tmp/middo-bench-train")
+ap.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (saves memory, slower)")
 a = ap.parse_args()
 p = load_params("params.yaml")
-m = train_sft(read_records(a.data), a.model, a.out, replace(p.train, max_steps=a.steps), p.base.seed, a.device, "auto")
-print(json.dumps({k: m[k] for k in ("samples", "steps", "seconds", "tokens_seen", "tokens_per_second")}))
+m = train_sft(
+    read_records(a.data),
+    a.model,
+    a.out,
+    replace(p.train, max_steps=a.steps, gradient_checkpointing=a.gradient_checkpointing),
+    p.base.seed,
+    a.device,
+    "auto",
+)
+keys = ("samples", "steps", "seconds", "tokens_seen", "tokens_per_second")
+print(json.dumps({"gradient_checkpointing": a.gradient_checkpointing, **{k: m[k] for k in keys}}))

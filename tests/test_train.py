@@ -39,7 +39,7 @@ def test_response_only_masking_token_by_token(base_model_dir, tmp_path):
         assert rec.instruction not in text  # ...and nothing of the prompt is scored
         first = int(scored.nonzero()[0])
         assert tok.decode(ids[:first]).rstrip().endswith("assistant")
-    # params say no gradient checkpointing, so none (TRL's own default is on, which costs ~30% per step)
+    # params say no gradient checkpointing, so none (TRL's own default is on: activations recomputed unasked)
     assert not trainer.args.activation_checkpointing
     assert not trainer.model.is_activation_checkpointing
 

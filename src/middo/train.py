@@ -116,8 +116,8 @@ def build_trainer(
 
 
 def _checkpointing(config_cls, enabled: bool) -> dict:
-    """Always say it explicitly: TRL's SFTConfig turns gradient checkpointing ON by default (slower steps), and
-    transformers 5 renamed it ``activation_checkpointing`` (the old name warns)."""
+    """Always say it explicitly: TRL's SFTConfig turns gradient checkpointing ON by default (recomputed activations
+    the user did not ask for), and transformers 5 renamed it ``activation_checkpointing`` (the old name warns)."""
     names = {f.name for f in dataclasses.fields(config_cls)}
     key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return {key: enabled}
