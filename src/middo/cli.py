@@ -252,10 +252,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _leave_process_group() -> None:
-    """Under torchrun, leave the process group cleanly (torch warns at exit otherwise)."""
-    import torch.distributed as dist
+    """Under torchrun, leave the process group cleanly (torch warns at exit otherwise).
 
-    if dist.is_available() and dist.is_initialized():
+    Only where a command already imported torch.distributed: light commands must not pay for importing torch.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -7,7 +7,6 @@ on the response tokens only, the same tokens the complexity signal scores.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -107,20 +106,13 @@ def build_trainer(
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,
-        **_checkpointing(SFTConfig, cfg.gradient_checkpointing),
+        # explicit: TRL's SFTConfig turns checkpointing ON by default (transformers 5 name; the old one warns)
+        activation_checkpointing=cfg.gradient_checkpointing,
     )
     dataset = Dataset.from_list(to_prompt_completion(records))
     return SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
-
-
-def _checkpointing(config_cls, enabled: bool) -> dict:
-    """Always say it explicitly: TRL's SFTConfig turns gradient checkpointing ON by default (recomputed activations
-    the user did not ask for), and transformers 5 renamed it ``activation_checkpointing`` (the old name warns)."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return {key: enabled}
 
 
 def train_sft(

@@ -26,10 +26,11 @@ from middo.modeling import load_model
 from middo.plots import histogram
 
 
-def _windowed(n: int, cfg: DiagnoseConfig, shard: Shard, total: int, desc: str, unit: str, score) -> np.ndarray:
-    """Run ``score(window_range, bar)`` over consecutive windows and stack the results (one progress bar)."""
+def _windowed(n: int, cfg: DiagnoseConfig, shard: Shard, desc: str, score, unit: str = "sample", per: int = 1):
+    """Run ``score(window_range, bar)`` over consecutive windows and stack the results (one progress bar, counting
+    ``per`` units per sample over this process's share)."""
     parts = []
-    with tqdm(total=total, desc=desc, unit=unit, disable=not shard.is_main) as bar:
+    with tqdm(total=-(-n * per // shard.world), desc=desc, unit=unit, disable=not shard.is_main) as bar:
         for w in windows(n, cfg.window):
             parts.append(score(w, bar))
     return np.concatenate(parts) if parts else np.empty(0)
@@ -42,7 +43,7 @@ def _losses(lm, records, cfg, shard, desc) -> np.ndarray:
         enc = tokenize_for_loss(tok, records[w.start : w.stop], cfg.complexity.max_length)
         return response_losses(lm.model, enc, tok.pad_token_id, lm.device, cfg.max_tokens, shard=shard, bar=bar)
 
-    return _windowed(len(records), cfg, shard, -(-len(records) // shard.world), desc, "sample", score)
+    return _windowed(len(records), cfg, shard, desc, score)
 
 
 def _embeddings(lm, records, cfg, shard) -> np.ndarray:
@@ -52,7 +53,7 @@ def _embeddings(lm, records, cfg, shard) -> np.ndarray:
             lm.model, lm.tokenizer, texts, lm.device, cfg.diversity.max_length, cfg.max_tokens, shard=shard, bar=bar
         )
 
-    return _windowed(len(records), cfg, shard, -(-len(records) // shard.world), "embed", "sample", score)
+    return _windowed(len(records), cfg, shard, "embed", score)
 
 
 def _judge(mode: str, lm, records, cfg, shard) -> QualityResult:
@@ -82,8 +83,7 @@ def _judge(mode: str, lm, records, cfg, shard) -> QualityResult:
         return res.scores
 
     n_j = len(JUDGEMENTS)
-    total = -(-len(records) * n_j // shard.world)
-    scores = _windowed(len(records), cfg, shard, total, f"quality({mode})", "judgement", score)
+    scores = _windowed(len(records), cfg, shard, f"quality({mode})", score, "judgement", n_j)
     return QualityResult(scores.reshape(len(records), n_j), counts)
 
 
