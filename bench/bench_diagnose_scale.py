@@ -58,7 +58,7 @@ def tiny_model(src: Path, dst: Path) -> Path:
     return dst
 
 
-def one(n: int, model: Path, max_tokens: int, window: int, seed: int) -> dict:
+def one(n: int, model: Path, max_tokens: int, window: int, seed: int, max_length: int) -> dict:
     from middo.config import DiagnoseConfig
     from middo.dataio import write_jsonl
     from middo.diagnose.run import diagnose_dataset
@@ -69,7 +69,18 @@ def one(n: int, model: Path, max_tokens: int, window: int, seed: int) -> dict:
         write_jsonl(records, data)
         rss_before = peak_rss_mb()
         cfg = DiagnoseConfig(max_tokens=max_tokens, window=window)
-        summary = diagnose_dataset(data, model, model, Path(tmp) / "out", Path(tmp) / "d.json", cfg, "cpu", "float32")
+        summary = diagnose_dataset(
+            data,
+            model,
+            model,
+            Path(tmp) / "out",
+            Path(tmp) / "d.json",
+            cfg,
+            "cpu",
+            "float32",
+            trust_remote_code=False,
+            max_length=max_length,
+        )
     seconds = summary["seconds"]
     row = {"n": n, **{f"{k}_s": v for k, v in seconds.items()}}
     row["total_s"] = sum(seconds.values())
@@ -115,6 +126,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="2-layer random Llama (pipeline cost and memory only)")
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--window", type=int, default=4096)
+    parser.add_argument("--max-length", type=int, default=1024, help="train.max_length: where losses are cut")
     parser.add_argument("--project", default="50000,500000", help="sizes to project to from the largest run")
     parser.add_argument("--knn-result", default=str(ROOT / "bench" / "results" / "knn_scale_cpu.json"))
     parser.add_argument("--seed", type=int, default=0)
@@ -125,7 +137,7 @@ def main() -> None:
     if args.tiny:
         model = tiny_model(model, ROOT / ".cache" / "models" / "tiny-random-llama")
     if args.one:
-        print("ROW " + json.dumps(one(args.one, model, args.max_tokens, args.window, args.seed)))
+        print("ROW " + json.dumps(one(args.one, model, args.max_tokens, args.window, args.seed, args.max_length)))
         return
     out = args.out or ROOT / "bench" / "results" / f"diagnose_scale_{'tiny' if args.tiny else 'real'}.json"
     rows = []

@@ -22,9 +22,11 @@ m = train_sft(
     a.model,
     a.out,
     replace(p.train, max_steps=a.steps, gradient_checkpointing=a.gradient_checkpointing),
-    p.base.seed,
-    a.device,
-    "auto",
+    seed=p.base.seed,
+    device=a.device,
+    dtype="auto",
+    trust_remote_code=p.model.trust_remote_code,
+    data_path=a.data,
 )
 keys = ("samples", "steps", "seconds", "tokens_seen", "tokens_per_second")
 print(json.dumps({"gradient_checkpointing": a.gradient_checkpointing, **{k: m[k] for k in keys}}))

@@ -1,8 +1,22 @@
-"""Stage ``import_seed``: read ``data.seed_path`` into round 0 with a rejects file (``dvc repro import_seed``)."""
+"""Stage ``import_seed``: ``data.seed_path`` into round 0, rejects with reasons. Run: ``dvc repro import_seed``."""
 
-import sys
+from middo.config import load_params
+from middo.ingest import import_dataset
+from middo.stage import parser, run
 
-from middo.cli import main
+
+def main(argv=None):
+    ap = parser(__doc__)
+    ap.add_argument("--out", required=True, help="folder for train.jsonl and rejects.jsonl")
+    ap.add_argument("--metrics", required=True, help="import counts (a DVC metric)")
+    args = ap.parse_args(argv)
+    p = load_params(args.params)
+    d = p.data
+    counts = import_dataset(
+        source=d.seed_path, out_dir=args.out, metrics_path=args.metrics, fmt=d.format, split=d.split, limit=d.limit
+    )
+    print({k: v for k, v in counts.items() if k != "env"})
+
 
 if __name__ == "__main__":
-    sys.exit(main(["import", *sys.argv[1:]]))
+    raise SystemExit(run("import_seed", main))

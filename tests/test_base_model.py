@@ -26,14 +26,14 @@ def test_converted_logits_equal_gguf(base_model_dir):
 
 @pytest.mark.slow
 def test_local_folder_is_copied_atomically(base_model_dir, tmp_path):
-    out = materialise(str(base_model_dir), tmp_path / "models" / "base")
+    out = materialise(str(base_model_dir), tmp_path / "models" / "base", False, "auto", False)
     assert (out / "config.json").is_file()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dir left behind
 
 
 def test_unknown_spec_offline_is_clear(tmp_path):
     with pytest.raises(BaseModelError, match="allow_download"):
-        materialise("someone/some-model", tmp_path / "m")
+        materialise("someone/some-model", tmp_path / "m", False, "auto", False)
     assert not (tmp_path / "m").exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -41,7 +41,7 @@ def test_unknown_spec_offline_is_clear(tmp_path):
 def test_folder_without_config_is_rejected(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BaseModelError, match="no config.json"):
-        materialise(str(tmp_path / "empty"), tmp_path / "m")
+        materialise(str(tmp_path / "empty"), tmp_path / "m", False, "auto", False)
 
 
 def test_unknown_embedded_name():

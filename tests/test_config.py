@@ -61,3 +61,90 @@ def test_bad_yaml_names_file(tmp_path):
 
 def test_deep_merge_keeps_siblings():
     assert deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}, "b": 1}
+
+
+def _leaves(tree, path=""):
+    for key, value in tree.items():
+        dotted = f"{path}{key}"
+        if isinstance(value, dict) and dotted != "rounds":
+            yield from _leaves(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _demo_comments(path):
+    """Dotted key -> its end-of-line comment in a YAML file (ruamel keeps comments)."""
+    from ruamel.yaml import YAML
+
+    out = {}
+
+    def walk(node, prefix):
+        for key in node:
+            dotted = f"{prefix}{key}"
+            token = node.ca.items.get(key, [None, None, None])[2]
+            out[dotted] = token.value.strip() if token is not None else ""
+            if hasattr(node[key], "ca") and isinstance(node[key], dict):
+                walk(node[key], dotted + ".")
+
+    with open(path) as fh:
+        walk(YAML().load(fh), "")
+    return out
+
+
+def test_params_yaml_lists_every_knob_with_the_dataclass_default_unless_marked_demo():
+    # One home per default: the dataclass. params.yaml shows every knob; where the CPU demo needs another value,
+    # the line says so with a "# demo:" comment, so no default can drift silently.
+    from middo.config import to_dict
+
+    defaults = dict(_leaves(to_dict(Params())))
+    shipped = dict(_leaves(yaml.safe_load((ROOT / "params.yaml").read_text())))
+    comments = _demo_comments(ROOT / "params.yaml")
+    assert sorted(shipped) == sorted(defaults), "params.yaml and the config dataclasses list different knobs"
+    drift = [
+        f"{key}: params.yaml {shipped[key]!r} vs default {defaults[key]!r}"
+        for key in defaults
+        if key != "rounds"
+        and (list(defaults[key]) if isinstance(defaults[key], tuple) else defaults[key]) != shipped[key]
+        and not comments.get(key, "").startswith("# demo:")
+    ]
+    assert not drift, "\n".join(drift)
+
+
+def test_cross_field_errors_are_reported_together():
+    raw = {"rounds": {"1": 0, "3": 2, "5": 4}, "eval": {"suites": []}, "data": {"limit": 2}}
+    with pytest.raises(ConfigError) as err:
+        params_from_dict(raw, "params.yaml")
+    problems = err.value.problems
+    assert "rounds.3: refines round 2, which does not exist (rounds: 0, 1, 3, 5)" in problems
+    assert "rounds.5: refines round 4, which does not exist (rounds: 0, 1, 3, 5)" in problems
+    assert "eval.suites: must name at least one suite" in problems
+    assert any(p.startswith("data.limit: 2 samples cannot have diagnose.diversity.k=2") for p in problems)
+    assert len(problems) == 4
+
+
+def test_every_preset_applies_and_its_values_land(tmp_path):
+    from middo.presets import apply_preset
+
+    for preset in sorted((ROOT / "presets").glob("*.yaml")):
+        target = tmp_path / f"{preset.stem}.yaml"
+        target.write_text((ROOT / "params.yaml").read_text())
+        changed = apply_preset(target, preset)
+        assert changed, f"{preset.name} changed nothing"
+        merged = dict(_leaves(yaml.safe_load(target.read_text())))
+        for key, value in _leaves(yaml.safe_load(preset.read_text())):
+            assert merged[key] == value, f"{preset.name}: {key} did not land"
+        assert "# Every knob of the pipeline" in target.read_text()  # comments survive
+        assert "middo params apply presets/" in preset.read_text()  # the header says how to use it
+
+
+def test_a_preset_that_does_not_validate_writes_nothing(tmp_path):
+    from middo.presets import apply_preset
+
+    target = tmp_path / "params.yaml"
+    target.write_text((ROOT / "params.yaml").read_text())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  learning_rate: -1\neval:\n  suites: []\n")
+    with pytest.raises(ConfigError) as err:
+        apply_preset(target, bad)
+    assert "train.learning_rate: must be > 0, got -1" in str(err.value)
+    assert target.read_text() == (ROOT / "params.yaml").read_text()

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from tiny_models import tiny_model
 
 from middo.dataio import write_jsonl
 from middo.distributed import Shard, owned_mask
@@ -57,14 +58,14 @@ SAMPLES = [
 ]
 
 
-def _params(tmp_path: Path, processes: int = 1) -> Path:
+def _params(tmp_path: Path, processes: int = 1, mode: str = "generate") -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["base"]["processes"] = processes
     raw["base"].update(device="cpu", dtype="float32")
     raw["diagnose"]["max_tokens"] = 256  # several batches, so both ranks get work
-    raw["diagnose"]["quality"].update(mode="generate", max_new_tokens=3)
+    raw["diagnose"]["quality"].update(mode=mode, max_new_tokens=3)
     raw["eval"].update(suites=["gsm8k", "hellaswag"], limit=3, max_new_tokens=12)
-    path = tmp_path / f"params{processes}.yaml"
+    path = tmp_path / f"params{processes}_{mode}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -76,11 +77,13 @@ def _run(cmd: list[str], cwd: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def _middo(nproc: int, *args: str) -> list[str]:
+def _middo(nproc: int, stage: str, *args: str) -> list[str]:
+    """The dvc.yaml stage script, by itself or under an explicit torchrun launch."""
+    script = str(ROOT / "stages" / f"{stage}.py")
     if nproc == 1:
-        return [sys.executable, "-m", "middo", *args]
+        return [sys.executable, script, *args]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return [*launcher, "-m", "middo", *args]
+    return [*launcher, script, *args]
 
 
 @pytest.mark.slow
@@ -127,3 +130,38 @@ def test_torchrun_two_processes_match_one(base_model_dir, tmp_path):
     assert (outs[1] / "eval.json").read_bytes() == (outs[2] / "eval.json").read_bytes()
     assert (outs[1] / "eval_details.jsonl").read_bytes() == (outs[2] / "eval_details.jsonl").read_bytes()
     assert json.loads((outs[2] / "eval.json").read_text())["n"] == {"gsm8k": 3, "hellaswag": 3}
+
+
+@pytest.mark.slow
+def test_torchrun_logits_judge_two_processes_match_one(base_model_dir, tmp_path):
+    """The default quality mode (``logits``) sharded over two processes scores exactly as one process does.
+
+    A random tiny model: what is compared is the sharding of judge batches, not what the judge says.
+    """
+    model = tiny_model(base_model_dir, tmp_path / "tiny")
+    data = tmp_path / "train.jsonl"
+    write_jsonl(SAMPLES, data)
+    outs = {}
+    for nproc in (1, 2):
+        out = outs[nproc] = tmp_path / f"np{nproc}"
+        _run(
+            _middo(
+                1,
+                "diagnose",
+                "--round=1",
+                f"--data={data}",
+                f"--base={model}",
+                f"--current={model}",
+                f"--out={out / 'diagnosis'}",
+                f"--summary={out / 'diagnose.json'}",
+                f"--params={_params(tmp_path, nproc, mode='logits')}",
+            ),
+            tmp_path,
+        )
+    one, two = (pl.read_parquet(outs[n] / "diagnosis" / "scores.parquet") for n in (1, 2))
+    assert one["id"].to_list() == [r.id for r in SAMPLES]
+    assert one["quality"].is_not_nan().all()  # every judgement scored, so the comparison means something
+    assert one.equals(two, null_equal=True)
+    summary = json.loads((outs[2] / "diagnose.json").read_text())
+    assert summary["diagnose"]["quality"]["mode"] == "logits"
+    assert summary == json.loads((outs[1] / "diagnose.json").read_text())

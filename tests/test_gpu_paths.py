@@ -20,7 +20,14 @@ def test_training_with_gpu_kernels(base_model_dir, tmp_path, option, package):
     from middo.train import train_sft
 
     m = train_sft(
-        RECORDS, base_model_dir, tmp_path / "m", TrainConfig(**TINY, **option), device="cuda", dtype="bfloat16"
+        RECORDS,
+        base_model_dir,
+        tmp_path / "m",
+        TrainConfig(**TINY, **option),
+        seed=42,
+        device="cuda",
+        dtype="bfloat16",
+        trust_remote_code=False,
     )
     assert m["steps"] == 2 and m["last_loss"] > 0
 

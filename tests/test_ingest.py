@@ -1,14 +1,22 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from middo.dataio import read_dataset
+from middo.errors import MiddoError
 from middo.ingest import import_dataset
+from middo.provenance import PACKAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _import(source, out_dir, metrics, limit=0):
+    return import_dataset(source, out_dir, metrics, fmt="auto", split="train", limit=limit)
+
+
 def test_seed_imports_cleanly_with_counts(tmp_path):
-    counts = import_dataset(ROOT / "data/seed/seed.jsonl", tmp_path / "round_0", tmp_path / "import.json")
+    counts = _import(ROOT / "data/seed/seed.jsonl", tmp_path / "round_0", tmp_path / "import.json")
     lines = (ROOT / "data/seed/seed.jsonl").read_text(encoding="utf-8").splitlines()
     assert counts["total"] == len(lines)
     assert counts["kept"] + counts["rejected"] + counts["blank"] + counts["over_limit"] == counts["total"]
@@ -16,15 +24,47 @@ def test_seed_imports_cleanly_with_counts(tmp_path):
     assert len(out) == counts["kept"]
     assert {r.meta.get("category") for r in out} >= {"normal", "hard", "sloppy", "near_duplicate", "rare"}
     assert all(r.round == 0 and r.op == "seed" for r in out)
-    assert json.loads((tmp_path / "import.json").read_text())["import"] == counts
+    saved = json.loads((tmp_path / "import.json").read_text())
+    assert saved["import"] == counts
+    # provenance: versions only (no model runs here), the same on every run of this environment
+    assert set(saved["env"]) == {"python", *PACKAGES, "device", "dtype"}
+    assert saved["env"]["device"] == saved["env"]["dtype"] == "n/a"
 
 
 def test_limit_and_rejects_add_up(tmp_path):
     bad = ROOT / "tests/data/bad/wrong_type.jsonl"
-    counts = import_dataset(bad, tmp_path / "r0", tmp_path / "m.json", limit=1)
+    counts = _import(bad, tmp_path / "r0", tmp_path / "m.json", limit=1)
     assert counts["kept"] == 1
     assert counts["rejected"] >= 1
     assert counts["kept"] + counts["over_limit"] + counts["rejected"] + counts["blank"] == counts["total"]
     rejects = (tmp_path / "r0" / "rejects.jsonl").read_text().splitlines()
     assert len(rejects) == counts["rejected"]
     assert "line 7: field 'output': expected str, got int" in rejects[-1]
+    assert counts["rejects_by_reason"] == {
+        "field 'instruction': expected str, got list": 1,
+        "field 'output': expected str, got int": 1,
+    }
+    assert sum(counts["rejects_by_reason"].values()) == counts["rejected"]
+
+
+def test_nothing_kept_fails_naming_file_and_top_reasons(tmp_path):
+    """A file whose every record is rejected must fail the stage, not hand an empty round 0 to training."""
+    listed = {"messages": [{"role": "user", "content": ["a", "list"]}, {"role": "assistant", "content": "x"}]}
+    rows = [listed] * 10 + [{"instruction": "Q?"}] * 2
+    source = tmp_path / "seed" / "x.jsonl"
+    source.parent.mkdir()
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")  # a blank line is not a record
+    out = tmp_path / "round_0"
+    out.mkdir()
+    (out / "train.jsonl").write_text('{"id": "stale", "instruction": "old", "output": "run"}\n')
+
+    with pytest.raises(MiddoError) as err:
+        _import(source, out, tmp_path / "import.json")
+    msg = str(err.value)
+    assert msg.startswith(f"{source}: 0 of 12 records kept; rejects: 10 x ")
+    assert "10 x \"field 'messages[i].content': expected str, got list\"" in msg
+    assert "2 x \"missing required field 'messages'\"" in msg  # the schema comes from the first record
+    assert msg.endswith(f"(see {out / 'rejects.jsonl'})")
+    assert len((out / "rejects.jsonl").read_text().splitlines()) == 12  # kept so the user can look
+    assert not (out / "train.jsonl").exists()  # no round 0 that looks valid, not even a stale one
+    assert not (tmp_path / "import.json").exists()

@@ -59,7 +59,7 @@ def test_stage_scripts_are_thin():
 
 def test_cli_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "middo.cli", "--help"], capture_output=True, text=True, check=True)
-    for sub in ("base-model", "import", "check-params"):
+    for sub in ("check-params", "params", "verify-lock", "diff"):
         assert sub in out.stdout
 
 
@@ -72,3 +72,165 @@ def test_cli_check_params_reports_key_path(tmp_path):
     assert out.returncode == 2
     assert "base.seed: must be >= 0, got -3" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# ---- dvc.yaml deps tell the truth: code (static import graph) and params (keys read from load_params' result) ----
+
+SRC = ROOT / "src"
+_BACKEND_REF = re.compile(r"^(middo(?:\.\w+)+):\w+$")  # "middo.teachers.openai_backend:OpenAITeacher" registries
+
+
+def _module_path(name: str) -> Path | None:
+    base = SRC.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _package_of(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts if rel.name == "__init__" else parts[:-1])
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every middo module ``path`` imports, at top level or inside functions (lazy imports run too)."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative import: resolve against this file's package
+                pkg = _package_of(path).split(".")
+                module = ".".join([*pkg[: len(pkg) - node.level + 1], *([module] if module else [])])
+            found.add(module)
+            found.update(f"{module}.{a.name}" for a in node.names)  # `from middo.x import y` where y is a module
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _BACKEND_REF.match(node.value):
+            found.add(_BACKEND_REF.match(node.value).group(1))
+    return {m for m in found if m == "middo" or m.startswith("middo.")}
+
+
+def _stage_code(script: Path) -> set[Path]:
+    """The files a stage script runs: itself plus every middo module reachable through imports, with the
+    ``__init__`` of each package on the way (importing ``middo.a.b`` runs ``middo/__init__``, ``middo/a/__init__``)."""
+    seen: set[Path] = {script}
+    todo = [script]
+    while todo:
+        for name in _imported_modules(todo.pop()):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                path = _module_path(".".join(parts[:i]))
+                if path is not None and path not in seen:
+                    seen.add(path)
+                    todo.append(path)
+    return seen
+
+
+def _param_reads(path: Path) -> set[str]:
+    """Dotted params keys read in ``path``: attribute chains on a name bound to ``load_params(...)``."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    roots = {
+        t.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and getattr(node.value.func, "id", getattr(node.value.func, "attr", None)) == "load_params"
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    chains: set[str] = set()
+    inner: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner:
+            parts, cur = [], node
+            while isinstance(cur, ast.Attribute):
+                parts.append(cur.attr)
+                inner.add(id(cur.value))
+                cur = cur.value
+            if isinstance(cur, ast.Name) and cur.id in roots:
+                chains.add(".".join(reversed(parts)))
+    return chains
+
+
+def _covers(declared: str, key: str) -> bool:
+    return key == declared or key.startswith(declared + ".")
+
+
+def _declared_params(stage: dict) -> list[str]:
+    out = []
+    for entry in stage.get("params", []):
+        out += [entry] if isinstance(entry, str) else [k for keys in entry.values() for k in keys]
+    return out
+
+
+def test_every_stage_lists_the_code_it_runs():
+    problems = []
+    for name, stage in _stages().items():
+        script = ROOT / re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+        deps = [ROOT / d for d in stage["deps"] if "${" not in d]
+        for path in sorted(_stage_code(script)):
+            if not any(path == d or d in path.parents for d in deps):
+                problems.append(f"stage {name}: runs {path.relative_to(ROOT)} but dvc.yaml does not list it in deps")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_stage_lists_exactly_the_params_it_reads():
+    problems = []
+    for name, stage in _stages().items():
+        script = ROOT / re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+        reads = set().union(*(_param_reads(p) for p in _stage_code(script)))
+        declared = _declared_params(stage)
+        for key in sorted(reads):
+            if not any(_covers(d, key) for d in declared):
+                problems.append(f"stage {name}: reads params key {key} but dvc.yaml does not declare it")
+        for d in declared:
+            if not any(_covers(d, key) or _covers(key, d) for key in reads):
+                problems.append(f"stage {name}: declares params key {d} that its code never reads")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_graph_walker_sees_lazy_and_registry_imports():
+    # the walker itself must not miss what Python would run: a lazy import inside a function, a registry string
+    code = {p.relative_to(SRC).as_posix() for p in _stage_code(ROOT / "stages/refine.py") if SRC in p.parents}
+    assert "middo/refine/engine.py" in code  # via refine.run
+    assert "middo/teachers/openai_backend.py" in code  # only named as a string in teachers.BACKENDS
+    assert "middo/__init__.py" in code
+    assert _param_reads(ROOT / "stages/train.py") >= {"train", "base.seed", "model.trust_remote_code"}
+
+
+def test_the_first_stage_reports_every_cross_field_error_and_writes_nothing(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(
+        (ROOT / "params.yaml")
+        .read_text()
+        .replace("'2': 1", "'2': 1\n  '4': 3")
+        .replace("eval:\n  suites: [gsm8k, hellaswag, truthfulqa, humaneval, math500, ifbench]", "eval:\n  suites: []")
+    )
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "stages/base_model.py"), "--out", str(tmp_path / "base"), "--params", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "rounds.4: refines round 3, which does not exist (rounds: 0, 1, 2, 4)" in out.stderr
+    assert "eval.suites: must name at least one suite" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "base").exists()
+
+
+def test_cli_check_params_reports_cross_field_errors_together(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("rounds:\n  '1': 0\n  '3': 2\neval:\n  suites: []\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "middo.cli", "check-params", "--params", str(bad)], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "2 problem(s)" in out.stderr
+    assert "rounds.3: refines round 2" in out.stderr and "eval.suites: must name at least one suite" in out.stderr

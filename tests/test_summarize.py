@@ -17,7 +17,7 @@ def test_summary_rows_and_plots(tmp_path):
     _write(m / "round_0/import.json", {"import": {"kept": 64}})
     _write(m / "round_1/eval.json", {"accuracy": {"gsm8k": 0.2, "hellaswag": 0.4}, "average": 0.3})
     _write(m / "round_1/diagnose.json", {"diagnose": {"flagged": {"complexity": 3, "diversity": 2, "quality": 5}}})
-    _write(m / "round_1/refine.json", {"refine": {"size_after": 66, "replaced": 8, "added": 2}})
+    _write(m / "round_1/refine.json", {"refine": {"size_after": 66, "removed": 8, "added": 2}})
     _write(m / "round_7/eval.json", {"accuracy": {"gsm8k": 0.9}, "average": 0.9})  # stale, not in params
     s = summarize(m, [0, 1], tmp_path / "reports/summary.json", tmp_path / "reports/plots")
     assert [r["round"] for r in s["rounds"]] == [0, 1]

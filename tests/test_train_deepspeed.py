@@ -19,7 +19,7 @@ from middo.train import train_sft
 recs = [Record(id=f"r{i}", instruction=f"What is {i} + 1?", output=f"{i + 1}.") for i in range(4)]
 cfg = TrainConfig(max_steps=2, batch_size=2, max_length=64, warmup_ratio=0.0, lr_scheduler="constant",
                   learning_rate=1e-4, deepspeed=sys.argv[3])
-m = train_sft(recs, sys.argv[1], sys.argv[2], cfg, device="cpu", dtype="float32")
+m = train_sft(recs, sys.argv[1], sys.argv[2], cfg, seed=42, device="cpu", dtype="float32", trust_remote_code=False)
 print("METRICS" + json.dumps(m))
 """
 

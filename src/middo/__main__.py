@@ -1,4 +1,4 @@
-"""``python -m middo`` (and ``torchrun -m middo diagnose ...``) runs the CLI."""
+"""``python -m middo`` runs the CLI (tools around the pipeline; the steps are the ``stages/*.py`` scripts)."""
 
 from middo.cli import main_entry
 

@@ -11,6 +11,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+from middo.chat_template import set_chat_template
 from middo.dataio.atomic import atomic_dir
 from middo.errors import MiddoError
 
@@ -77,8 +78,9 @@ def convert_gguf(folder: Path, filename: str, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def materialise(spec: str, out: str | Path, allow_download: bool = False) -> Path:
-    """Make ``out`` a loadable HF model folder from ``spec`` (embedded name, local folder or hub id).
+def materialise(spec: str, out: str | Path, allow_download: bool, chat_template: str, trust_remote_code: bool) -> Path:
+    """Make ``out`` a loadable HF model folder from ``spec`` (embedded name, local folder or hub id), with the chat
+    template ``chat_template`` (see :mod:`middo.chat_template`) that every later stage will use.
 
     The folder appears atomically: it is built in a sibling temp dir and renamed, so a killed stage never leaves a
     half-written checkpoint that a later stage would trust.
@@ -103,4 +105,5 @@ def materialise(spec: str, out: str | Path, allow_download: bool = False) -> Pat
                 f"model.base: '{spec}' is neither an embedded model nor a local folder; to fetch it from the hub "
                 f"set model.allow_download: true (needs internet)"
             )
+        set_chat_template(target, chat_template, trust_remote_code)
     return out

@@ -56,6 +56,12 @@ class ModelConfig:
     )
     allow_download: bool = knob(False, "Permit fetching model.base from the Hugging Face hub (off: fully offline).")
     trust_remote_code: bool = knob(False, "Run model code shipped with a checkpoint; off unless you trust it.")
+    chat_template: str = knob(
+        "auto",
+        "The chat template written into models/base, so training, loss, judging, the local teacher and evaluation "
+        "all format turns the same way: 'auto' keeps the tokenizer's own (an error if it has none), 'default' is "
+        "LLaMA-Factory's default template (what the paper's runs used), or a path to a Jinja file.",
+    )
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,6 @@ class DataConfig:
 @dataclass(frozen=True)
 class ComplexityConfig:
     m: float = knob(1.0, "Flag when loss > mean + m*std under both base and current model.", ge=0)
-    max_length: int = knob(1024, "Cut chat-formatted samples to this many tokens (as SFT does).", ge=16)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ class TrainConfig:
     weight_decay: float = knob(0.0, "AdamW weight decay.", ge=0)
     batch_size: int = knob(4, "Per-device micro-batch size.", ge=1)
     grad_accum: int = knob(1, "Gradient accumulation steps (effective batch = batch_size * grad_accum * GPUs).", ge=1)
-    max_length: int = knob(512, "Cutoff length in tokens (paper: 4096).", ge=16)
+    max_length: int = knob(4096, "Cutoff length in tokens (the paper's).", ge=16)
     packing: bool = knob(False, "Pack samples into max_length blocks (TRL packing).")
     gradient_checkpointing: bool = knob(False, "Trade compute for memory.")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = knob("sdpa", "Attention kernel.")
@@ -147,16 +152,40 @@ class TeacherConfig:
     timeout: float = knob(120.0, "openai backend: seconds per request.", gt=0)
     max_retries: int = knob(4, "openai backend: retries on 429/5xx/timeouts, with exponential backoff.", ge=0)
     max_new_tokens: int = knob(256, "Longest teacher reply.", ge=1)
-    temperature: float = knob(0.0, "0 = greedy (reproducible).", ge=0)
+    temperature: float = knob(
+        0.0, "0 = greedy; the paper samples rewrites at 1.0 (presets). Local sampling is seeded by base.seed.", ge=0
+    )
+    top_p: float = knob(1.0, "Nucleus sampling mass (used when temperature > 0; the paper: 1.0).", gt=0, le=1)
     cache_dir: str = knob(".cache/teacher", "Content-addressed cache of teacher calls (resume without paying twice).")
+    revision: str = knob(
+        "",
+        "Served teacher's weights version (openai backend): bump it when the server's model changes under the same "
+        "name, so cached replies of the old weights are not replayed. Local models are keyed by their file content.",
+    )
 
 
 @dataclass(frozen=True)
 class RefineConfig:
     precedence: tuple[Literal["complexity", "diversity", "quality"], ...] = knob(
-        ("quality", "complexity", "diversity"), "A sample flagged on several axes is handled once, by the first here."
+        ("quality", "complexity", "diversity"),
+        "merge: precedence only: a sample flagged on several axes is handled once, by the first here.",
     )
-    max_added_fraction: float = knob(0.1, "Cap on new (diversify) samples per round, as a fraction of the size.", ge=0)
+    max_added_fraction: float = knob(
+        0.1, "merge: precedence only: cap on new (diversify) samples per round, as a fraction of the size.", ge=0
+    )
+    merge: Literal["reference", "precedence"] = knob(
+        "reference",
+        "reference: the paper's merge (axes independent: complexity- and quality-flagged originals are replaced by "
+        "their rewrites, every sparse sample keeps its place and adds one new sample, no cap); precedence: each "
+        "sample handled once by the first axis in refine.precedence, new samples capped by max_added_fraction.",
+    )
+    max_failed_fraction: float = knob(
+        0.5,
+        "Fail the stage (write nothing) when more than this fraction of the teacher's replies are unusable "
+        "(failed, unparseable or rejected by validation): DVC then never records a broken round as done.",
+        ge=0,
+        le=1,
+    )
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def __post_init__(self):
@@ -169,7 +198,7 @@ class EvalConfig:
     suites: tuple[Literal["humaneval", "math500", "ifbench", "gsm8k", "hellaswag", "truthfulqa"], ...] = knob(
         ("gsm8k", "hellaswag", "truthfulqa", "humaneval", "math500", "ifbench"), "Benchmark suites to run (offline)."
     )
-    limit: int = knob(20, "Items per suite (0 = all); small on CPU, 0 for the paper preset.", ge=0)
+    limit: int = knob(0, "Items per suite (0 = all, a measurement); a handful is a smoke check on CPU.", ge=0)
     max_new_tokens: int = knob(256, "Greedy generation length for generative suites.", ge=1)
 
 
@@ -265,10 +294,32 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
         return cls()
 
 
+def cross_field_problems(params: Params) -> list[str]:
+    """Checks that span sections, so a config that would fail late (a round with no parent, nothing to evaluate)
+    fails at load instead, all problems listed together."""
+    problems = []
+    known = {0, *(int(r) for r in params.rounds if r.isdigit())}
+    for key, parent in sorted(params.rounds.items()):
+        if parent not in known:
+            have = ", ".join(str(r) for r in sorted(known))
+            problems.append(f"rounds.{key}: refines round {parent}, which does not exist (rounds: {have})")
+    if not params.eval.suites:
+        problems.append("eval.suites: must name at least one suite")
+    k = params.diagnose.diversity.k
+    if 0 < params.data.limit <= k:
+        problems.append(
+            f"data.limit: {params.data.limit} samples cannot have diagnose.diversity.k={k} neighbours each "
+            f"(need at least k+1 = {k + 1})"
+        )
+    return problems
+
+
 def params_from_dict(raw: dict, source: str = "<params>") -> Params:
     """Validate a parsed params mapping; raises :class:`ConfigError` listing every problem."""
     problems: list[str] = []
     params = _build(Params, raw, "", problems)
+    if not problems:
+        problems = cross_field_problems(params)
     if problems:
         raise ConfigError(source, problems)
     return params

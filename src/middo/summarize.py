@@ -40,7 +40,7 @@ def collect(metrics_dir: str | Path, rounds: Iterable[int]) -> dict:
                 "average": ev.get("average"),
                 "dataset_size": ref.get("size_after", imp.get("kept")),
                 "flagged": diag.get("flagged", {}),
-                "replaced": ref.get("replaced", 0),
+                "removed": ref.get("removed", 0),
                 "added": ref.get("added", 0),
             }
         )

@@ -18,6 +18,7 @@ from middo.device import resolve_device, resolve_dtype
 from middo.errors import MiddoError
 from middo.modeling import load_tokenizer
 from middo.optional import require
+from middo.provenance import device_name, environment
 from middo.records import Record
 
 
@@ -43,17 +44,45 @@ def check_gpu_paths(cfg: TrainConfig) -> None:
         require("peft")
 
 
+def check_trainable(trainer, n_records: int, where: str | Path, cfg: TrainConfig) -> None:
+    """Refuse to start when truncation left nothing to learn from: the trainer would crash on an empty dataset, or
+    (packed) train on batches with no scored token and log a NaN loss as if all were well.
+
+    Raises:
+        MiddoError: naming the data and ``train.max_length``.
+    """
+    dataset = trainer.train_dataset
+    scored = len(dataset) > 0
+    if scored and cfg.packing:  # packing skips TRL's filter of fully masked samples; look at the labels
+        scored = any(any(label != -100 for label in row) for row in dataset["labels"])
+    if not scored:
+        raise MiddoError(
+            f"{where}: none of the {n_records} samples has a response token left after truncation to "
+            f"train.max_length={cfg.max_length} tokens (the chat-formatted prompts fill it); raise train.max_length "
+            "or shorten the prompts"
+        )
+
+
+def _precision(args) -> str:
+    """The dtype training computes in, from the trainer's arguments (mixed precision flags, else float32)."""
+    return "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+
+
 def build_trainer(
     records: Sequence[Record],
     base_model: str | Path,
     output_dir: str | Path,
     cfg: TrainConfig,
-    seed: int = 42,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
+    seed: int,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool,
 ):
-    """An ``SFTTrainer`` ready to ``train()``; separate from :func:`train_sft` so tests can inspect batches."""
+    """An ``SFTTrainer`` ready to ``train()``; separate from :func:`train_sft` so tests can inspect batches.
+
+    Building it tokenizes the records and truncates them to ``cfg.max_length`` (TRL drops those left with no
+    response token), so ``len(trainer.train_dataset)`` is what training will really see.
+    """
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -120,23 +149,35 @@ def train_sft(
     base_model: str | Path,
     out_dir: str | Path,
     cfg: TrainConfig,
-    seed: int = 42,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
+    seed: int,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool,
     metrics_path: str | Path | None = None,
+    data_path: str | Path | None = None,
 ) -> dict:
     """Fine-tune and write ``out_dir`` (safetensors, tokenizer, ``train_metrics.json``) atomically.
 
     The checkpoint folder holds only what is the same on every identical run (weights, losses, counts), so two
-    clean ``dvc repro`` runs give the same hash; wall time and throughput go to ``metrics_path`` (a DVC metric).
+    clean ``dvc repro`` runs give the same hash; wall time and throughput go to ``metrics_path`` (a DVC metric),
+    as ``{"train": scalars, "env": versions, device and dtype used}``.
+
+    Args:
+        data_path: the file ``records`` came from; only named in errors.
+
+    Raises:
+        MiddoError: no records, or none with a response token left after truncation to ``train.max_length``
+            (checked before training starts; nothing is written), or an option needs what is not installed.
     """
+    where = data_path or "train"  # the stage passes the file; a caller with records in memory gets the stage name
     if not records:
-        raise MiddoError("train: the dataset is empty; nothing to train on")
+        raise MiddoError(f"{where}: the dataset is empty (0 records); nothing to train on")
     with atomic_dir(out_dir) as target:
         trainer = build_trainer(
             records, base_model, target.parent / "trainer", cfg, seed, device, dtype, trust_remote_code
         )
+        check_trainable(trainer, len(records), where, cfg)
+        env = environment(device=device_name(trainer.args.device), dtype=_precision(trainer.args))
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
@@ -167,5 +208,5 @@ def train_sft(
         atomic_write_text(target / "train_metrics.json", json.dumps(kept, indent=2) + "\n")
     if metrics_path is not None:
         scalars = {k: v for k, v in metrics.items() if k != "loss_history"}
-        atomic_write_text(metrics_path, json.dumps({"train": scalars}, indent=2) + "\n")
+        atomic_write_text(metrics_path, json.dumps({"train": scalars, "env": env}, indent=2) + "\n")
     return metrics

@@ -1,4 +1,5 @@
-"""Real storage faults against a real stage (`middo import` in a subprocess): disk full, file size limit, SIGKILL.
+"""Real storage faults against a real stage (stages/import_seed.py in a subprocess): disk full, file size limit,
+SIGKILL.
 
 Each case first writes a good output, then makes a second write fail, and checks that the first output is byte for
 byte what it was, that no temp file is left behind, and (for the kill) that a re-run completes.
@@ -37,15 +38,17 @@ def _params(tmp_path: Path) -> Path:
 
 
 def _import_cmd(source: Path, out: Path, params: Path) -> list[str]:
+    """The import_seed stage reading ``source`` (its params file, beside the source, names it as data.seed_path)."""
+    raw = yaml.safe_load(params.read_text())
+    raw["data"]["seed_path"] = str(source)
+    own = source.with_name(f"params-{source.stem}.yaml")
+    own.write_text(yaml.safe_dump(raw))
     return [
         sys.executable,
-        "-m",
-        "middo",
-        "import",
-        f"--source={source}",
+        str(ROOT / "stages/import_seed.py"),
         f"--out={out}",
         f"--metrics={out.parent / 'import.json'}",
-        f"--params={params}",
+        f"--params={own}",
     ]
 
 

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_model
 
+from middo.config import TrainConfig
 from middo.diagnose.complexity import response_losses, tokenize_for_loss
 from middo.records import Record
 
@@ -80,3 +82,41 @@ def test_truncated_away_response_is_nan_not_dropped(scoring_model):
     loss = response_losses(lm.model, enc, lm.tokenizer.pad_token_id, lm.device)
     assert loss.shape == (2,)
     assert np.isnan(loss).all()
+
+
+# 161 tokens through SmolLM2's chat template, 50 of them prompt (system prompt included)
+LONG = Record(
+    id="long",
+    instruction="Explain why the sky is blue, in plain words.",
+    input="For a ten-year-old.",
+    output="Sunlight is a mix of colours. "
+    + "Air molecules scatter short blue waves far more than long red ones, so blue light reaches us from every part "
+    "of the sky. " * 4,
+)
+
+
+@pytest.mark.slow
+def test_scored_tokens_are_the_trained_tokens(base_model_dir, tmp_path):
+    """One truncation rule: under ``train.max_length`` the loss is measured on exactly the tokens and labels TRL
+    trains on (same side, same count, chat-template tokens included), and equals the training loss of the sample."""
+    from middo.modeling import load_tokenizer
+    from middo.train import build_trainer
+
+    model_dir = tiny_model(base_model_dir, tmp_path / "tiny")
+    tok = load_tokenizer(model_dir)
+    ((untruncated, _),) = tokenize_for_loss(tok, [LONG], 10**6)
+    for max_length in (64, 120, 4096):  # cut 14 tokens into the response, mid-response, not cut
+        cfg = TrainConfig(max_steps=1, batch_size=1, max_length=max_length)
+        trainer = build_trainer([LONG], model_dir, tmp_path / f"run{max_length}", cfg, 0, "cpu", "float32", False)
+        row = trainer.train_dataset[0]
+        ((full, n_prompt),) = tokenize_for_loss(tok, [LONG], max_length)
+        assert len(full) == min(max_length, len(untruncated)) and full == untruncated[: len(full)]
+        assert row["input_ids"] == full
+        trained = [i for i, label in enumerate(row["labels"]) if label != -100]
+        assert trained == list(range(n_prompt, len(full)))
+        model = trainer.model.eval()
+        ids = torch.tensor([row["input_ids"]])
+        with torch.inference_mode():
+            train_loss = model(input_ids=ids, labels=torch.tensor([row["labels"]])).loss.item()
+        scored = response_losses(model, [(full, n_prompt)], tok.pad_token_id, torch.device("cpu"))
+        assert scored[0] == pytest.approx(train_loss, rel=1e-5)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from middo.diagnose.diversity import knn_similarity, knn_similarity_bruteforce, prompt_embeddings
+from middo.diagnose.diversity import knn_similarity, knn_similarity_bruteforce, neighbour_ids, prompt_embeddings
 from middo.diagnose.thresholds import flag_diversity
 
 PROMPTS = [
@@ -43,6 +43,18 @@ def test_chunked_knn_equals_bruteforce(n, d, k, max_elems):
     np.testing.assert_allclose(sims, knn_similarity_bruteforce(x, k), rtol=1e-5, atol=1e-5)
     assert idx.shape == (n, k)
     assert not (idx == np.arange(n)[:, None]).any()  # never itself
+
+
+def test_neighbour_ids_most_similar_first_self_excluded():
+    # angles 0°, 10°, 30°, 90°, 100°: cosine order is plain to read off
+    deg = np.radians([0.0, 10.0, 30.0, 90.0, 100.0])
+    emb = np.stack([np.cos(deg), np.sin(deg)], 1).astype(np.float32) * np.array([[1.0], [2.0], [0.5], [3.0], [1.0]])
+    ids = ["a", "b", "c", "d", "e"]
+    sims, idx = knn_similarity(emb, k=2, return_indices=True)
+    assert neighbour_ids(ids, idx) == [["b", "c"], ["a", "c"], ["b", "a"], ["e", "c"], ["d", "c"]]
+    assert sims[0] == pytest.approx((np.cos(np.radians(10)) + np.cos(np.radians(30))) / 2, abs=1e-6)
+    # chunked (one row per block) gives the same neighbours
+    assert knn_similarity(emb, k=2, max_elems=1, return_indices=True)[1].tolist() == idx.tolist()
 
 
 def test_k_out_of_range():

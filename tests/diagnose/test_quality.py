@@ -1,7 +1,18 @@
 import numpy as np
 import pytest
+import torch
 
-from middo.diagnose.quality import JUDGEMENTS, agreement, judge_generate, judge_logits, judge_prompt, parse_score
+from middo.diagnose.quality import (
+    JUDGEMENTS,
+    _chat_ids,
+    aggregate,
+    agreement,
+    average_ranks,
+    judge_generate,
+    judge_logits,
+    judge_prompt,
+    parse_score,
+)
 from middo.records import Record
 
 
@@ -10,24 +21,56 @@ from middo.records import Record
     [
         ("7", (7.0, "ok")),
         ("Score: 7/10", (7.0, "ok")),
-        ("I'd give it seven.", (7.0, "ok")),
-        ("Ten out of ten", (10.0, "ok")),
-        ("8.5", (8.5, "ok")),
-        ("", (None, "unparseable")),
-        ("The response is clear", (None, "unparseable")),
-        ("15", (10.0, "clamped")),
-        ("-3", (0.0, "clamped")),
+        ("Score: 7. Also 3", (7.0, "ok")),  # the first number, not the last or the largest
+        ("8.5 - quite clear", (8.5, "ok")),
+        ("12/10", (10.0, "clamped")),
+        ("-2", (0.0, "clamped")),
+        ("", (0.0, "unparseable")),
+        ("The response is clear", (0.0, "unparseable")),
+        ("I'd give it seven.", (0.0, "unparseable")),  # digits only, like the reference parser
     ],
 )
-def test_parse_score(text, expected):
+def test_parse_score_first_number_clipped_unparseable_is_zero(text, expected):
     assert parse_score(text) == expected
 
 
-def test_prompt_names_aspect_and_contents():
-    rec = Record(id="x", instruction="Name a fruit.", input="Red ones.", output="Apple.")
-    p = judge_prompt(rec, "response_factuality")
-    assert "response" in p and "factuality" in p and "Name a fruit.\nRed ones." in p and "Apple." in p
+MARKER = "ZQX-RESPONSE-MARKER-4711"
+REC = Record(id="x", instruction="Name a fruit.", input="Red ones.", output=f"Apple. {MARKER}")
+
+
+def test_prompt_side_judgements_never_show_the_response():
     assert len(JUDGEMENTS) == 6
+    for judgement in JUDGEMENTS:
+        prompt = judge_prompt(REC, judgement)
+        target, aspect = judgement.split("_", 1)
+        assert aspect in prompt and "Name a fruit.\nRed ones." in prompt
+        assert (MARKER in prompt) == (target == "response"), judgement
+        assert "Apple." in prompt if target == "response" else "Apple" not in prompt
+        assert "0 to 10" in prompt and "Begin your reply with the score" in prompt  # number first
+        assert "Keep 10 for the truly flawless" in prompt  # steer away from a full 10
+
+
+def test_prompt_side_token_sequences_fed_to_the_model_lack_the_response(base_model_dir):
+    """The same check on what the judge really reads: the chat-formatted token ids, decoded back."""
+    from middo.modeling import load_tokenizer
+
+    tok = load_tokenizer(base_model_dir)
+    for judgement in JUDGEMENTS:
+        text = tok.decode(_chat_ids(tok, judge_prompt(REC, judgement)))
+        assert (MARKER in text) == judgement.startswith("response_"), judgement
+
+
+def test_unknown_judgement_is_refused():
+    with pytest.raises(KeyError, match="unknown judgement"):
+        judge_prompt(REC, "response_style")
+
+
+def test_score_is_mean_of_aspects_each_the_mean_of_both_sides():
+    # JUDGEMENTS order: prompt side clarity, completeness, factuality; then the response side
+    scores = np.array([[8.0, 6.0, 4.0, 10.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 9.0]])
+    per_aspect, overall = aggregate(scores)
+    np.testing.assert_allclose(per_aspect, [[9.0, 4.0, 2.0], [0.0, 0.0, 4.5]])
+    np.testing.assert_allclose(overall, [5.0, 1.5])
 
 
 def test_agreement_measures():
@@ -36,17 +79,64 @@ def test_agreement_measures():
     assert agreement(a, a + 2)["within_tolerance"] == 0.0
 
 
+def test_spearman_uses_average_ranks_for_ties():
+    stats = pytest.importorskip("scipy.stats")
+    np.testing.assert_array_equal(average_ranks(np.array([5.0, 1.0, 5.0, 3.0, 5.0])), [4.0, 1.0, 4.0, 2.0, 4.0])
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, 40).astype(float)  # many ties, like integer generate scores
+    b = a + rng.normal(0, 1.5, 40)
+    assert agreement(a, b)["spearman"] == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    # the answer does not depend on the order the samples come in
+    perm = rng.permutation(40)
+    assert agreement(a[perm], b[perm])["spearman"] == pytest.approx(agreement(a, b)["spearman"], abs=1e-12)
+
+
+class _ScriptedModel:
+    """Stands in for a causal LM in ``judge_generate``: answers each judgement prompt with its scripted reply."""
+
+    def __init__(self, tokenizer, replies: dict[str, str]):
+        self.tokenizer, self.replies = tokenizer, replies
+
+    def _judgement(self, ids) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        side = "response" if MARKER in text else "instruction"
+        return next(f"{side}_{a}" for a in ("clarity", "completeness", "factuality") if f"Rate the {a} " in text)
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        rows = []
+        for ids in input_ids:
+            reply = self.replies[self._judgement(ids)]
+            reply_ids = self.tokenizer.encode(reply, add_special_tokens=False)[:max_new_tokens]
+            rows.append(reply_ids + [self.tokenizer.pad_token_id] * (max_new_tokens - len(reply_ids)))
+        return torch.cat([input_ids, torch.tensor(rows, dtype=torch.long)], 1)
+
+
+def test_unparseable_generate_answer_scores_zero_and_is_counted(base_model_dir):
+    from middo.modeling import load_tokenizer
+
+    tok = load_tokenizer(base_model_dir)
+    replies = ["7 - clear", "Looks fine to me", "12/10", "9", "5", "no idea"]
+    model = _ScriptedModel(tok, dict(zip(JUDGEMENTS, replies)))
+    res, answers = judge_generate(model, tok, [REC], "cpu", max_new_tokens=8)
+    assert [a.strip() for a in answers] == replies
+    np.testing.assert_array_equal(res.scores, [[7.0, 0.0, 10.0, 9.0, 5.0, 0.0]])
+    assert res.status_counts == {"ok": 3, "clamped": 1, "unparseable": 2}
+    assert res.mean[0] == pytest.approx((7 + 0 + 10 + 9 + 5 + 0) / 6)
+
+
 GOOD = Record(id="g", instruction="What is the capital of France?", output="The capital of France is Paris.")
 BAD = Record(id="b", instruction="wat capital france", output="Berlin is a big city in Spain, I think maybe.")
 
 
 @pytest.mark.slow
-def test_logits_mode_scores_in_range_and_prefers_good(scoring_model):
+def test_logits_mode_scores_in_range_and_do_not_depend_on_batching(scoring_model):
+    """Mechanics only: the 135M default model is no judge (on six hand-made good/bad pairs it ranked 1 to 3 of them
+    right, with this prompt and with the earlier one), so which sample it prefers is not asserted."""
     lm = scoring_model
     res = judge_logits(lm.model, lm.tokenizer, [GOOD, BAD], lm.device)
     assert res.scores.shape == (2, 6)
     assert ((res.scores >= 0) & (res.scores <= 10)).all()
-    assert res.mean[0] > res.mean[1]
+    assert np.unique(res.scores).size > 1  # read from the model, not a constant
     # neither batch size nor the shared-prefix KV cache changes the scores
     res1 = judge_logits(lm.model, lm.tokenizer, [GOOD, BAD], lm.device, max_tokens=1)
     np.testing.assert_allclose(res.scores, res1.scores, atol=1e-4)
@@ -60,4 +150,5 @@ def test_generate_mode_counts_every_answer(scoring_model):
     res, answers = judge_generate(lm.model, lm.tokenizer, [GOOD, BAD], lm.device, max_new_tokens=6)
     assert len(answers) == 12
     assert sum(res.status_counts.values()) == 12
-    assert np.isnan(res.scores).sum() == res.status_counts["unparseable"]
+    assert not np.isnan(res.scores).any()  # unparseable answers score 0, they are not dropped
+    assert (res.scores == 0).sum() >= res.status_counts["unparseable"]

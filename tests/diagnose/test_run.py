@@ -2,11 +2,14 @@ import json
 
 import polars as pl
 import pytest
+from tiny_models import tiny_model
 
-from middo.config import DiagnoseConfig, QualityConfig
+from middo.config import DiagnoseConfig, DiversityConfig, QualityConfig
 from middo.dataio import read_dataset, write_jsonl
 from middo.diagnose.quality import JUDGEMENTS
 from middo.diagnose.run import diagnose_dataset
+from middo.errors import MiddoError
+from middo.provenance import PACKAGES
 from middo.records import Record
 
 SAMPLES = [
@@ -33,7 +36,10 @@ def test_round_outputs(base_model_dir, tmp_path):
     write_jsonl(SAMPLES, data)
     cfg = DiagnoseConfig(quality=QualityConfig(compare_modes=True, max_new_tokens=4))
     out = tmp_path / "diagnosis"
-    summary = diagnose_dataset(data, base_model_dir, base_model_dir, out, tmp_path / "diagnose.json", cfg, "cpu")
+    model = base_model_dir
+    summary = diagnose_dataset(
+        data, model, model, out, tmp_path / "diagnose.json", cfg, "cpu", "auto", False, max_length=512
+    )
 
     table = pl.read_parquet(out / "scores.parquet")
     assert table["id"].to_list() == [r.id for r in SAMPLES]
@@ -42,6 +48,11 @@ def test_round_outputs(base_model_dir, tmp_path):
     # base and current are the same model here, so the two losses agree
     assert table["loss_base"].to_list() == pytest.approx(table["loss_current"].to_list(), abs=1e-5)
     assert table["knn_sim"][0] == pytest.approx(table["knn_sim"][1], abs=1e-6)  # exact duplicates: same neighbours
+    # the refine step reads `neighbors`: k ids per row, most similar first, never the row itself
+    assert table.schema["neighbors"] == pl.List(pl.String)
+    neighbors = dict(zip(table["id"], table["neighbors"].to_list()))
+    assert neighbors["dup1"][0] == "dup2" and neighbors["dup2"][0] == "dup1"
+    assert all(len(v) == cfg.diversity.k and rid not in v and set(v) <= set(neighbors) for rid, v in neighbors.items())
     for axis in ("complexity", "diversity", "quality"):
         flagged = read_dataset(out / f"flagged_{axis}.jsonl").records if summary["flagged"][axis] else []
         assert [r.id for r in flagged] == table.filter(pl.col(f"flag_{axis}"))["id"].to_list()
@@ -52,3 +63,51 @@ def test_round_outputs(base_model_dir, tmp_path):
     assert saved["n"] == len(SAMPLES)
     assert set(saved["quality"]["agreement"]) == {"n", "within_tolerance", "pearson", "spearman"}
     assert sum(saved["quality"]["other_mode_status"].values()) == len(SAMPLES) * 6
+    assert saved["quality"]["unparseable"] == 0  # logits mode always reads a number
+    # generate mode ran as the other mode: its unparseable answers are counted, and scored 0 (none unscored)
+    assert set(saved["quality"]["other_mode_status"]) == {"ok", "clamped", "unparseable"}
+    assert saved["unscored"]["quality"] == 0
+    assert set(summary["quality_seconds"]) == {"logits", "generate"}
+    env = json.loads((tmp_path / "diagnose.json").read_text())["env"]
+    assert set(env) == {"python", *PACKAGES, "device", "dtype"}
+    assert env["device"] == "cpu" and env["dtype"] in ("float32", "bfloat16")  # what 'auto' resolved to
+
+
+def test_fewer_than_k_plus_one_samples_names_file_count_and_param(tmp_path):
+    data = tmp_path / "data" / "round_1" / "train.jsonl"
+    data.parent.mkdir(parents=True)
+    write_jsonl(SAMPLES[:2], data)
+    cfg = DiagnoseConfig(diversity=DiversityConfig(k=2))
+    missing = tmp_path / "no-model"  # refused before any model is loaded
+    with pytest.raises(MiddoError) as err:
+        diagnose_dataset(
+            data, missing, missing, tmp_path / "out", tmp_path / "d.json", cfg, "cpu", "float32", False, max_length=64
+        )
+    msg = str(err.value)
+    assert msg.startswith(f"{data}: 2 sample(s)")
+    assert "diagnose.diversity.k=2" in msg and "at least k+1 = 3" in msg
+    assert not (tmp_path / "out").exists() and not (tmp_path / "d.json").exists()
+
+
+# prompts over 32 tokens: under max_tokens=64 every batch holds one sample whatever the window, so scores can be
+# compared bit for bit (regrouping samples into other padded batches moves float32 results by an ulp or so)
+LONG = [
+    Record(id=f"long{i}", instruction=f"Question {i}: {topic}. " * 6, output=f"Answer {i}: it depends on {topic}")
+    for i, topic in enumerate(["the weather in spring", "prime numbers", "river deltas", "Roman roads", "jazz"])
+]
+
+
+@pytest.mark.slow
+def test_windows_smaller_than_the_dataset_give_the_same_scores(base_model_dir, tmp_path):
+    """``diagnose.window`` bounds memory on large datasets; it must not change a single score."""
+    model = tiny_model(base_model_dir, tmp_path / "tiny")
+    data = tmp_path / "train.jsonl"
+    write_jsonl(LONG, data)
+    scores = {}
+    for window in (2, len(LONG)):  # 2: two full windows and a partial one
+        out = tmp_path / f"w{window}"
+        cfg = DiagnoseConfig(window=window, max_tokens=64)
+        diagnose_dataset(data, model, model, out, out / "diagnose.json", cfg, "cpu", "float32", False, max_length=256)
+        scores[window] = (out / "scores.parquet").read_bytes()
+    assert pl.read_parquet(tmp_path / "w2" / "scores.parquet")["id"].to_list() == [r.id for r in LONG]
+    assert scores[2] == scores[len(LONG)]

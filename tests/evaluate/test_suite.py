@@ -8,6 +8,7 @@ from middo.evaluate import SUITES, evaluate_model
 from middo.evaluate.generation import batch_choice_loglik, chat_ids, choice_loglik
 from middo.evaluate.items import select_items, summarize
 from middo.evaluate.suite import details_path
+from middo.provenance import PACKAGES
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def test_suite_table_names():
 
 def test_unknown_suite_is_refused_before_loading_anything(tmp_path):
     with pytest.raises(MiddoError, match="unknown suite.*'mmlu'.*known suites: humaneval, math500"):
-        evaluate_model(tmp_path / "no-model", ["gsm8k", "mmlu"], 2, tmp_path / "eval.json")
+        evaluate_model(tmp_path / "no-model", ["gsm8k", "mmlu"], 2, tmp_path / "eval.json", "cpu", "float32", 8, 42)
 
 
 def test_selection_is_seeded_and_stable():
@@ -58,8 +59,11 @@ def test_choice_loglik_matches_full_forward(scoring_model, one_thread):
 @pytest.mark.slow
 def test_evaluate_model_writes_flat_metrics(base_model_dir, tmp_path, one_thread):
     out = tmp_path / "metrics" / "eval_round_0.json"
-    result = evaluate_model(base_model_dir, ["hellaswag", "gsm8k"], 2, out, "cpu", "float32", max_new_tokens=32)
+    result = evaluate_model(base_model_dir, ["hellaswag", "gsm8k"], 2, out, "cpu", "float32", 32, 42)
     metrics = json.loads(out.read_text())
+    env = metrics.pop("env")
+    assert set(env) == {"python", *PACKAGES, "device", "dtype"}
+    assert (env["device"], env["dtype"]) == ("cpu", "float32")
     assert set(metrics) == {"accuracy", "average", "n"}
     assert set(metrics["accuracy"]) == {"hellaswag", "gsm8k"} and metrics["n"] == {"hellaswag": 2, "gsm8k": 2}
     assert all(0.0 <= a <= 1.0 for a in metrics["accuracy"].values())

@@ -1,77 +1,122 @@
+"""The teacher prompts (what each shows the teacher, and that the cache version covers them) and the reply parser."""
+
 import pytest
 
-from middo.refine.prompts import DIVERSIFY, IMPROVE, SIMPLIFY, echoes_template, parse_fields
+from middo.refine import prompts
+from middo.refine.prompts import (
+    ANSWER,
+    DIVERSIFY,
+    IMPROVE,
+    SIMPLIFY,
+    answer_prompt,
+    echoes_template,
+    parse_prompt,
+    rewrite_prompt,
+)
+
+MULTI_STEP = """Step 1 - Difficulties: the prompt mixes two tasks.
+Step 2 - Plan: keep one task and drop the jargon.
+Step 3 - Draft: <prompt>List the planets.</prompt>
+Step 4 - Final prompt:
+<prompt>List the planets of the solar system in order from the Sun.</prompt>"""
 
 
 @pytest.mark.parametrize(
-    "reply,fields,expected",
+    "reply,fallback,expected",
     [
-        ("<instruction>Add 2 and 3.</instruction>", ("instruction",), ({"instruction": "Add 2 and 3."}, "ok")),
+        ("<prompt>Add 2 and 3.</prompt>", False, ("Add 2 and 3.", "ok")),
+        ("Sure! Here it is:\n<prompt>Add 2 and 3.</prompt>\nHope it helps.", False, ("Add 2 and 3.", "ok")),
+        # the final block wins over a tagged draft and over the tag named in the analysis
+        (MULTI_STEP, False, ("List the planets of the solar system in order from the Sun.", "ok")),
         (
-            "Sure! Here it is:\n<instruction>Add 2 and 3.</instruction>\nHope it helps.",
-            ("instruction",),
-            ({"instruction": "Add 2 and 3."}, "ok"),
+            "I will put it in <prompt> tags.\nStep 4 - Final prompt: <prompt>Add 2 and 3.</prompt>",
+            False,
+            ("Add 2 and 3.", "ok"),
         ),
-        ("```\nWhat is 2 + 3?\n```", ("instruction",), ({"instruction": "What is 2 + 3?"}, "fallback")),
+        # a multi-step reply without its final block is analysis only: never used
+        ("Step 1 - Difficulties: jargon.\nStep 2 - Plan: define it.", False, (None, "unparseable: no <prompt> block")),
         (
-            "<instruction>Q?</instruction>\n<response>```python\nprint(1)\n```</response>",
-            ("instruction", "response"),
-            ({"instruction": "Q?", "response": "```python\nprint(1)\n```"}, "ok"),
+            "Step 4 - Final prompt: <prompt>Explain how photosyn",
+            False,
+            (None, "unparseable: <prompt> never closed (reply cut off?)"),
         ),
-        (
-            "<instruction>Q?</instruction> but no response",
-            ("instruction", "response"),
-            (None, "unparseable: missing <response>"),
-        ),
-        ("", ("instruction",), (None, "unparseable: empty reply")),
-        (None, ("instruction",), (None, "unparseable: no reply (call failed)")),
-        ("<instruction>   </instruction>", ("instruction",), (None, "unparseable: missing <instruction>")),
+        ("Step 1 - Problems: none.</prompt>", False, (None, "unparseable: </prompt> without <prompt>")),
+        ("<prompt>   </prompt>", False, (None, "unparseable: empty <prompt>")),
+        ("", False, (None, "unparseable: empty reply")),
+        (None, True, (None, "failed: no reply (call failed)")),
+        # diversify's reply is meant to be the prompt alone, so an untagged one is cleaned and validated
+        ("```\nWhat is 2 + 3?\n```", True, ("What is 2 + 3?", "fallback")),
+        ("<prompt>Name a bird of prey.", True, ("Name a bird of prey.", "fallback")),
         # labels in front of the answer (real replies of the 135M demo teacher), quotes around it dropped
         (
             'The rewritten instruction is: "The human body is made up of organs that pump blood through the body.',
-            ("instruction",),
-            ({"instruction": "The human body is made up of organs that pump blood through the body."}, "fallback"),
+            True,
+            ("The human body is made up of organs that pump blood through the body.", "fallback"),
         ),
         (
-            '<instruction>New instruction: "Name the organ that pumps blood."</instruction>',
-            ("instruction",),
-            ({"instruction": "Name the organ that pumps blood."}, "ok"),
+            '<prompt>Final prompt: "Name the organ that pumps blood."</prompt>',
+            False,
+            ("Name the organ that pumps blood.", "ok"),
         ),
-        (
-            '<instruction>Rewritten instruction: say "hi" to "Bob"</instruction>',
-            ("instruction",),
-            ({"instruction": 'say "hi" to "Bob"'}, "ok"),
-        ),
-        (
-            "The instruction is to merge two lists.",
-            ("instruction",),
-            ({"instruction": "The instruction is to merge two lists."}, "fallback"),
-        ),
+        ('<prompt>New prompt: say "hi" to "Bob"</prompt>', False, ('say "hi" to "Bob"', "ok")),
+        ("The instruction is to merge two lists.", True, ("The instruction is to merge two lists.", "fallback")),
     ],
 )
-def test_parse_fields(reply, fields, expected):
-    assert parse_fields(reply, fields) == expected
+def test_parse_prompt(reply, fallback, expected):
+    assert parse_prompt(reply, fallback=fallback) == expected
 
 
-def test_templates_ask_for_marked_answers():
-    for t in (SIMPLIFY, DIVERSIFY, IMPROVE):
-        assert "<instruction>" in t and "</instruction>" in t
-    assert "<response>" in IMPROVE
-    assert "{prompt}" in SIMPLIFY and "{response}" in IMPROVE
+def test_simplify_and_improve_show_the_prompt_only_and_ask_for_steps_then_a_tagged_prompt():
+    for op, template in (("simplify", SIMPLIFY), ("improve", IMPROVE)):
+        shown = rewrite_prompt(op, "Translate the sentence into French.\nThe cat sleeps.")
+        assert shown == template.format(prompt="Translate the sentence into French.\nThe cat sleeps.")
+        assert "{response}" not in template and "Step 4 - Final prompt" in template
+        assert "<prompt>" in template and "</prompt>" in template
+        with pytest.raises(ValueError, match="diversify only"):
+            rewrite_prompt(op, "Q?", ["a hint"])
 
 
-def test_a_reply_that_parrots_the_prompt_is_unparseable():
-    # a real reply of the 135M demo teacher to SIMPLIFY (round 2 of the demo, before this check)
-    parrot = "The instruction is too hard or convoluted for a student model to learn from."
+def test_diversify_shows_the_core_prompt_after_its_hints():
+    shown = rewrite_prompt("diversify", "Explain fornyrðislag.", ["Explain dróttkvætt.", "What is a kenning?"])
+    assert shown.index("Hint prompt 1:\nExplain dróttkvætt.") < shown.index("Hint prompt 2:\nWhat is a kenning?")
+    assert shown.index("Hint prompt 2:") < shown.index("Core prompt:\nExplain fornyrðislag.")
+    bare = rewrite_prompt("diversify", "Explain fornyrðislag.")  # an older diagnosis: no neighbours
+    assert "Hint prompt" not in bare and "Core prompt:\nExplain fornyrðislag." in bare
+
+
+def test_the_answer_call_asks_for_a_comprehensive_answer_to_the_new_prompt():
+    shown = answer_prompt("Name three planets.")
+    assert shown.endswith("\n\nName three planets.") and "comprehensive, accurate" in shown
+    assert shown == ANSWER.format(prompt="Name three planets.")
+
+
+def test_the_template_version_covers_every_template():
+    """The cache key holds TEMPLATE_VERSION: a template missing from it would replay replies to an old wording."""
+    module_templates = {
+        name: value
+        for name, value in vars(prompts).items()
+        if name.isupper() and isinstance(value, str) and "{" in value and not name.startswith("_")
+    }
+    assert set(module_templates.values()) == set(prompts.TEMPLATES)
+    assert set(prompts.REWRITE.values()) | {ANSWER} <= set(prompts.TEMPLATES)
+    assert prompts.TEMPLATE_VERSION == prompts.template_version(prompts.TEMPLATES)
+    for i in range(len(prompts.TEMPLATES)):
+        edited = list(prompts.TEMPLATES)
+        edited[i] += " "
+        assert prompts.template_version(edited) != prompts.TEMPLATE_VERSION
+
+
+def test_a_reply_that_parrots_the_prompt_echoes_the_template():
+    parrot = "The prompt below is too hard for such a model to learn from."
     assert echoes_template(parrot, SIMPLIFY)
-    values, status = parse_fields(parrot, ("instruction",), template=SIMPLIFY)
-    assert values is None and status == "unparseable: <instruction> repeats the prompt"
-    # a real rewrite that shares words with the template ("instruction", "simpler") is kept
-    good = "Write a simpler instruction: explain how a virus differs from a bacterium in two sentences."
+    assert parse_prompt(parrot, fallback=True) == (parrot, "fallback")  # parsing keeps it, validation rejects it
+    # a real rewrite that shares words with the template ("prompt", "easier") does not echo it
+    good = "Write an easier prompt: explain how a virus differs from a bacterium in two sentences."
     assert not echoes_template(good, SIMPLIFY)
-    assert parse_fields(f"<instruction>{good}</instruction>", ("instruction",), template=SIMPLIFY) == (
-        {"instruction": good},
-        "ok",
-    )
-    # without a template nothing changes
-    assert parse_fields(parrot, ("instruction",))[1] == "fallback"
+    assert echoes_template("Taking them as examples of the area, write one brand-new prompt.", DIVERSIFY)
+
+
+def test_a_refusal_falls_back_to_the_whole_reply_for_validation_to_judge():
+    refusal = "I'm sorry, but I can't help with that."
+    assert parse_prompt(refusal, fallback=True) == (refusal, "fallback")
+    assert parse_prompt(refusal, fallback=False) == (None, "unparseable: no <prompt> block")

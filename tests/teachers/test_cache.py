@@ -1,4 +1,5 @@
-"""The content-addressed cache: hits replay, misses go to the teacher once, and a killed run resumes."""
+"""The content-addressed cache: hits replay, misses go to the teacher once, a killed run resumes, and the key
+follows what answers (a model's files, a server's name + URL + revision), not a path."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from middo.errors import MiddoError
 from middo.teachers import CachedTeacher, Sampling, TeacherUnavailable
-from middo.teachers.cache import cache_key
+from middo.teachers.cache import FINGERPRINTS, cache_key, local_identity, model_fingerprint, server_identity
 
 SAMPLING = Sampling(max_new_tokens=16)
 PROMPTS = [f"prompt {i}" for i in range(10)]
+ECHO = {"backend": "echo", "model": "echo-1"}
+VERSION = "v1"
+
+
+def cached(teacher, cache_dir, **kwargs) -> CachedTeacher:
+    return CachedTeacher(teacher, cache_dir, ECHO, VERSION, **kwargs)
 
 
 class EchoTeacher:
@@ -41,42 +49,121 @@ class EchoTeacher:
 
 
 def test_first_run_misses_second_run_hits(tmp_path):
-    first = CachedTeacher(EchoTeacher(), tmp_path)
+    first = cached(EchoTeacher(), tmp_path)
     out1 = first.complete(PROMPTS, SAMPLING)
     assert (first.hits, first.misses) == (0, 10)
     inner = EchoTeacher()
-    second = CachedTeacher(inner, tmp_path)
+    second = cached(inner, tmp_path)
     assert second.complete(PROMPTS, SAMPLING) == out1
     assert (second.hits, second.misses, inner.calls) == (10, 0, [])
 
 
 def test_layout_is_one_json_file_per_call(tmp_path):
-    CachedTeacher(EchoTeacher(), tmp_path).complete(["hello"], SAMPLING)
-    key = cache_key("echo", "echo-1", "hello", SAMPLING)
+    cached(EchoTeacher(), tmp_path).complete(["hello"], SAMPLING)
+    key = cache_key(ECHO, VERSION, "hello", SAMPLING)
     entry = json.loads((tmp_path / key[:2] / f"{key}.json").read_text())
     assert entry["output"] == "echo-1:hello:0.0" and entry["prompt"] == "hello" and entry["key"] == key
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [f"{key}.json"]  # no temp files left
 
 
-def test_key_covers_backend_model_prompt_and_sampling():
-    base = cache_key("echo", "m", "p", SAMPLING)
-    assert base == cache_key("echo", "m", "p", Sampling(max_new_tokens=16))
+def test_key_covers_teacher_prompt_version_prompt_and_sampling():
+    base = cache_key(ECHO, VERSION, "p", SAMPLING)
+    assert base == cache_key(dict(ECHO), VERSION, "p", Sampling(max_new_tokens=16))
     others = [
-        cache_key("openai", "m", "p", SAMPLING),
-        cache_key("echo", "m2", "p", SAMPLING),
-        cache_key("echo", "m", "p ", SAMPLING),
-        cache_key("echo", "m", "p", Sampling(max_new_tokens=17)),
-        cache_key("echo", "m", "p", Sampling(max_new_tokens=16, temperature=0.5)),
-        cache_key("echo", "m", "p", Sampling(max_new_tokens=16, top_p=0.9)),
-        cache_key("echo", "m", "p", Sampling(max_new_tokens=16, seed=1)),
+        cache_key({**ECHO, "backend": "openai"}, VERSION, "p", SAMPLING),
+        cache_key({**ECHO, "model": "echo-2"}, VERSION, "p", SAMPLING),
+        cache_key(ECHO, "v2", "p", SAMPLING),
+        cache_key(ECHO, VERSION, "p ", SAMPLING),
+        cache_key(ECHO, VERSION, "p", Sampling(max_new_tokens=17)),
+        cache_key(ECHO, VERSION, "p", Sampling(max_new_tokens=16, temperature=0.5)),
+        cache_key(ECHO, VERSION, "p", Sampling(max_new_tokens=16, top_p=0.9)),
+        cache_key(ECHO, VERSION, "p", Sampling(max_new_tokens=16, seed=1)),
     ]
-    assert len({base, *others}) == 8
+    assert len({base, *others}) == 9
+
+
+def test_server_key_changes_with_revision_url_and_name():
+    keys = {
+        cache_key(server_identity(*args), VERSION, "p", SAMPLING)
+        for args in [
+            ("m", "http://127.0.0.1:8000/v1", ""),
+            ("m", "http://127.0.0.1:8000/v1", "2025-06-01"),
+            ("m", "http://127.0.0.1:9000/v1", ""),
+            ("m2", "http://127.0.0.1:8000/v1", ""),
+        ]
+    }
+    assert len(keys) == 4
+    assert server_identity("m", "http://h/v1/", "") == server_identity("m", "http://h/v1", "")  # one trailing slash
+
+
+def test_a_new_revision_asks_the_server_again(tmp_path):
+    old = CachedTeacher(EchoTeacher(), tmp_path, server_identity("m", "http://h/v1", "r1"), VERSION)
+    old.complete(PROMPTS[:3], SAMPLING)
+    same = CachedTeacher(EchoTeacher(), tmp_path, server_identity("m", "http://h/v1", "r1"), VERSION)
+    same.complete(PROMPTS[:3], SAMPLING)
+    bumped = CachedTeacher(EchoTeacher(), tmp_path, server_identity("m", "http://h/v1", "r2"), VERSION)
+    bumped.complete(PROMPTS[:3], SAMPLING)
+    assert (same.hits, same.misses, bumped.hits, bumped.misses) == (3, 0, 0, 3)
+
+
+def _model(folder: Path, weights: bytes) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "tokenizer.json").write_text('{"vocab": {}}')
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "README.md").write_text("notes")
+    return folder
+
+
+def test_fingerprint_follows_the_files_not_the_path(tmp_path):
+    memo = tmp_path / "cache" / FINGERPRINTS
+    a = model_fingerprint(_model(tmp_path / "a", b"weights-1"), memo)
+    assert a == model_fingerprint(_model(tmp_path / "copy_of_a", b"weights-1"), memo)
+    assert a != model_fingerprint(_model(tmp_path / "b", b"weights-2"), memo)
+    (tmp_path / "a" / "README.md").write_text("other notes")  # not a model file
+    assert model_fingerprint(tmp_path / "a", memo) == a
+    (tmp_path / "a" / "chat_template.jinja").write_text("{{ messages }}")  # the chat template changes replies
+    assert model_fingerprint(tmp_path / "a", memo) != a
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "not_a_model" / "README.md").write_text("notes")
+    with pytest.raises(MiddoError, match="no weight, tokenizer or config files"):
+        model_fingerprint(tmp_path / "not_a_model", tmp_path / "memo.json")
+
+
+def test_fingerprint_is_memoised_on_size_and_mtime(tmp_path):
+    """A 16 GB model is hashed once: while no file's size or mtime changes, the memo answers."""
+    folder = _model(tmp_path / "m", b"weights-1")
+    memo = tmp_path / FINGERPRINTS
+    real = model_fingerprint(folder, memo)
+    entry = json.loads(memo.read_text())[str(folder.resolve())]
+    assert entry["sha256"] == real and set(entry["files"]) == {"config.json", "tokenizer.json", "model.safetensors"}
+    memo.write_text(json.dumps({str(folder.resolve()): {**entry, "sha256": "from-the-memo"}}))
+    assert model_fingerprint(folder, memo) == "from-the-memo"  # not read again
+    weights = folder / "model.safetensors"
+    st = weights.stat()
+    weights.write_bytes(b"weights-2")  # same size; a new mtime is what gives it away
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert model_fingerprint(folder, memo) not in ("from-the-memo", real)
+
+
+def test_local_identity_without_a_folder_falls_back_to_name_and_revision(tmp_path, caplog):
+    assert local_identity("vllm", "org/model", tmp_path, "r1") == {
+        "backend": "vllm",
+        "model": "org/model",
+        "revision": "r1",
+    }
+    assert "not a local folder" in caplog.text
+    folder = _model(tmp_path / "m", b"w")
+    assert local_identity("transformers", folder, tmp_path, "") == {
+        "backend": "transformers",
+        "weights": model_fingerprint(folder, tmp_path / FINGERPRINTS),
+    }
 
 
 def test_interrupted_run_only_makes_the_remaining_calls(tmp_path):
-    CachedTeacher(EchoTeacher(), tmp_path).complete(PROMPTS[:5], SAMPLING)
+    cached(EchoTeacher(), tmp_path).complete(PROMPTS[:5], SAMPLING)
     inner = EchoTeacher()
-    resumed = CachedTeacher(inner, tmp_path)
+    resumed = cached(inner, tmp_path)
     out = resumed.complete(PROMPTS, SAMPLING)
     assert inner.sent == PROMPTS[5:]
     assert (resumed.hits, resumed.misses) == (5, 5)
@@ -91,33 +178,33 @@ def test_chunks_are_stored_before_a_crash(tmp_path):
             return super().complete(prompts, sampling)
 
     with pytest.raises(TeacherUnavailable):
-        CachedTeacher(Unreachable(), tmp_path, chunk_size=3).complete(PROMPTS, SAMPLING)
+        cached(Unreachable(), tmp_path, chunk_size=3).complete(PROMPTS, SAMPLING)
     inner = EchoTeacher()
-    CachedTeacher(inner, tmp_path, chunk_size=3).complete(PROMPTS, SAMPLING)
+    cached(inner, tmp_path, chunk_size=3).complete(PROMPTS, SAMPLING)
     assert inner.sent == PROMPTS[6:]
 
 
 def test_failed_calls_are_not_cached(tmp_path):
-    first = CachedTeacher(EchoTeacher(fail={"prompt 3"}), tmp_path)
+    first = cached(EchoTeacher(fail={"prompt 3"}), tmp_path)
     assert first.complete(PROMPTS, SAMPLING)[3] is None
     inner = EchoTeacher()
-    out = CachedTeacher(inner, tmp_path).complete(PROMPTS, SAMPLING)
+    out = cached(inner, tmp_path).complete(PROMPTS, SAMPLING)
     assert inner.sent == ["prompt 3"] and out[3] == "echo-1:prompt 3:0.0"
 
 
 def test_repeated_prompt_is_sent_once(tmp_path):
     inner = EchoTeacher()
-    cached = CachedTeacher(inner, tmp_path)
-    assert cached.complete(["a", "b", "a"], SAMPLING) == ["echo-1:a:0.0", "echo-1:b:0.0", "echo-1:a:0.0"]
-    assert inner.sent == ["a", "b"] and (cached.hits, cached.misses) == (1, 2)
+    teacher = cached(inner, tmp_path)
+    assert teacher.complete(["a", "b", "a"], SAMPLING) == ["echo-1:a:0.0", "echo-1:b:0.0", "echo-1:a:0.0"]
+    assert inner.sent == ["a", "b"] and (teacher.hits, teacher.misses) == (1, 2)
 
 
 def test_unreadable_entry_is_redone(tmp_path, caplog):
-    CachedTeacher(EchoTeacher(), tmp_path).complete(["a"], SAMPLING)
-    key = cache_key("echo", "echo-1", "a", SAMPLING)
+    cached(EchoTeacher(), tmp_path).complete(["a"], SAMPLING)
+    key = cache_key(ECHO, VERSION, "a", SAMPLING)
     (tmp_path / key[:2] / f"{key}.json").write_text('{"truncat')
     inner = EchoTeacher()
-    assert CachedTeacher(inner, tmp_path).complete(["a"], SAMPLING) == ["echo-1:a:0.0"]
+    assert cached(inner, tmp_path).complete(["a"], SAMPLING) == ["echo-1:a:0.0"]
     assert inner.sent == ["a"] and "unreadable entry" in caplog.text
 
 
@@ -132,7 +219,8 @@ class Slow:
         return [f"echo-1:{p}:0.0" for p in prompts]
 
 prompts = [f"prompt {i}" for i in range(10)]
-CachedTeacher(Slow(), sys.argv[1], chunk_size=1).complete(prompts, Sampling(max_new_tokens=16))
+teacher = CachedTeacher(Slow(), sys.argv[1], {"backend": "echo", "model": "echo-1"}, "v1", chunk_size=1)
+teacher.complete(prompts, Sampling(max_new_tokens=16))
 """
 
 
@@ -150,7 +238,7 @@ def test_sigkilled_run_resumes_from_finished_calls(tmp_path):
     assert 3 <= len(stored) < 10, "the run should have been killed part way"
     assert all(json.loads(Path(p).read_text())["output"].startswith("echo-1:") for p in stored)
     inner = EchoTeacher()
-    resumed = CachedTeacher(inner, cache)
+    resumed = cached(inner, cache)
     assert resumed.complete(PROMPTS, SAMPLING) == [f"echo-1:{p}:0.0" for p in PROMPTS]
     assert (resumed.hits, resumed.misses) == (len(stored), 10 - len(stored))
     assert len(inner.sent) == 10 - len(stored)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from middo.teachers import CachedTeacher, OpenAITeacher, Sampling, TeacherUnavailable
+from middo.teachers.cache import server_identity
 
 SAMPLING = Sampling(max_new_tokens=8)
 
@@ -16,7 +17,10 @@ SAMPLING = Sampling(max_new_tokens=8)
 @pytest.mark.server
 @pytest.mark.slow
 def test_real_server_answers_and_cache_replays(served_model, tmp_path):
-    teacher = CachedTeacher(OpenAITeacher(served_model.base_url, served_model.model, concurrency=2), tmp_path)
+    identity = server_identity(served_model.model, served_model.base_url, "")
+    teacher = CachedTeacher(
+        OpenAITeacher(served_model.base_url, served_model.model, concurrency=2), tmp_path, identity, "v1"
+    )
     prompts = ["What is 2+2?", "Name a colour."]
     first = teacher.complete(prompts, SAMPLING)
     assert all(isinstance(t, str) and t.strip() for t in first), first
@@ -40,7 +44,16 @@ def test_retries_5xx_then_succeeds(fake_server, completion):
     assert len(server.posts) == 3
     body = server.posts[-1]
     assert body["messages"] == [{"role": "user", "content": "What is 2+2?"}]
-    assert (body["model"], body["max_tokens"], body["temperature"], body["seed"]) == ("m", 8, 0.0, 42)
+    sent = {k: body[k] for k in ("model", "max_tokens", "temperature", "top_p", "seed")}
+    assert sent == {"model": "m", "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "seed": 42}
+
+
+def test_sampling_settings_are_sent(fake_server, completion):
+    server = fake_server(lambda i, body: (200, completion("four")))
+    teacher = OpenAITeacher(server.base_url, "m", max_retries=0)
+    teacher.complete(["What is 2+2?"], Sampling(max_new_tokens=16, temperature=1.0, top_p=0.7, seed=3))
+    body = server.posts[-1]
+    assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (16, 1.0, 0.7, 3)
 
 
 def test_always_500_gives_none_after_retries(fake_server, caplog):
@@ -86,7 +99,7 @@ def test_api_key_never_leaks(fake_server, completion, dead_url, tmp_path, monkey
     caplog.set_level(logging.DEBUG)  # the openai client and httpx log requests at DEBUG
     server = fake_server(lambda i, body: (200, b"nope") if "bad" in str(body) else (200, completion("ok")))
     teacher = OpenAITeacher(server.base_url, "m", api_key_env="MIDDO_TEST_KEY", backoff=0.01)
-    cached = CachedTeacher(teacher, tmp_path / "cache")
+    cached = CachedTeacher(teacher, tmp_path / "cache", server_identity("m", server.base_url, ""), "v1")
     assert cached.complete(["one", "two", "bad"], SAMPLING) == ["ok", "ok", None]
     down = OpenAITeacher(dead_url, "m", api_key_env="MIDDO_TEST_KEY", backoff=0.01)
     with pytest.raises(TeacherUnavailable) as err:

@@ -1,4 +1,5 @@
-"""The local transformers teacher: greedy replies must not depend on how prompts were batched."""
+"""The local transformers teacher: greedy replies must not depend on how prompts were batched, and sampled ones
+must repeat under the same seed (so a rerun without the cache reproduces the data)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,31 @@ def test_greedy_output_does_not_depend_on_batch_budget(base_model_dir, one_torch
     assert teacher.complete([], sampling) == []
 
 
-@pytest.mark.slow
-def test_sampling_is_seeded(base_model_dir, one_torch_thread):
-    teacher = TransformersTeacher(base_model_dir, device="cpu", dtype="float32")
-    sampling = Sampling(max_new_tokens=6, temperature=1.0, seed=7)
-    assert teacher.complete(["Tell me a story."], sampling) == teacher.complete(["Tell me a story."], sampling)
+@pytest.fixture(scope="module")
+def tiny_teacher(base_model_dir, tmp_path_factory):
+    """A random 2-layer model: near-uniform next-token odds, so different seeds give different replies."""
+    from tiny_models import tiny_model
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield TransformersTeacher(tiny_model(base_model_dir, tmp_path_factory.mktemp("tiny") / "m"), "cpu", "float32")
+    torch.set_num_threads(before)
+
+
+def test_sampled_replies_repeat_under_the_same_seed_without_any_cache(tiny_teacher):
+    prompts = ["Tell me a story.", "Name a colour.", "What is 2+2?"]
+    seeded = Sampling(max_new_tokens=8, temperature=1.0, seed=7)
+    first = tiny_teacher.complete(prompts, seeded)
+    assert all(isinstance(t, str) and t.strip() for t in first), first
+    torch.manual_seed(123)  # the caller's random state neither matters nor changes
+    state = torch.random.get_rng_state()
+    assert tiny_teacher.complete(prompts, seeded) == first
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # a reply depends on its prompt and the seed only, not on the other prompts of its call (a partly cached rerun
+    # sends fewer prompts), nor on their order
+    assert tiny_teacher.complete(prompts[1:2], seeded) == first[1:2]
+    assert tiny_teacher.complete(prompts[::-1], seeded) == first[::-1]
+    reseeded = tiny_teacher.complete(prompts, Sampling(max_new_tokens=8, temperature=1.0, seed=8))
+    assert all(a != b for a, b in zip(reseeded, first)), (reseeded, first)
+    greedy = Sampling(max_new_tokens=8)
+    assert tiny_teacher.complete(prompts, greedy) == tiny_teacher.complete(prompts, greedy)

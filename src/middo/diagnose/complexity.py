@@ -22,19 +22,33 @@ def _ids(encoded) -> list[int]:
     return list(encoded["input_ids"] if not isinstance(encoded, list) else encoded)
 
 
-def tokenize_for_loss(tokenizer, records: Sequence[Record], max_length: int) -> list[tuple[list[int], int]]:
-    """``(full_ids, n_prompt)`` per record; the response is whatever the template puts after the prompt.
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
-    Sequences longer than ``max_length`` are cut at the end, as SFT training cuts them, so the loss matches what the
-    model is trained on.
+
+def tokenize_for_loss(tokenizer, records: Sequence[Record], max_length: int) -> list[tuple[list[int], int]]:
+    """``(full_ids, n_prompt)`` per record: the tokens training sees and how many of them are prompt (masked).
+
+    Follows TRL's SFT rule for conversational prompt/completion rows (what :mod:`middo.train` feeds it), so that
+    the loss is measured on exactly the tokens training learns from:
+
+    - ``full_ids`` is the chat template applied to prompt + response, ``prompt`` the template applied to the prompt
+      with the generation prompt; the response starts where the two token lists first differ (usually right after
+      the prompt; earlier when a template renders the prompt alone differently);
+    - both are cut to the first ``max_length`` tokens (``train.max_length``, TRL's default ``keep_start``; packing
+      cuts long samples the same way), chat-template tokens included.
+
+    A record whose response lies wholly beyond ``max_length`` keeps ``n_prompt == len(full_ids)``: no token to
+    score (NaN loss), and TRL drops it from training.
     """
     out = []
     for rec in records:
         prompt = _ids(tokenizer.apply_chat_template(rec.messages(False), add_generation_prompt=True, tokenize=True))
         full = _ids(tokenizer.apply_chat_template(rec.messages(True), tokenize=True))
-        if full[: len(prompt)] != prompt:  # a template that rewrites earlier turns; fall back to concatenation
-            full = prompt + tokenizer(rec.output + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
-        out.append((full[:max_length], min(len(prompt), max_length)))
+        n_prompt = common_prefix_length(prompt, full)
+        out.append((full[:max_length], min(n_prompt, max_length)))
     return out
 
 
@@ -69,7 +83,8 @@ def response_losses(
             for row, i in enumerate(batch):
                 full, n_prompt = encoded[i]
                 offset = ids.shape[1] - len(full) if padding_side == "left" else 0
-                scored[row, offset + n_prompt - 1 : offset + len(full) - 1] = True
+                # the first token has no prediction, so a response starting at 0 is scored from token 1 on
+                scored[row, offset + max(n_prompt, 1) - 1 : offset + len(full) - 1] = True
             rows, cols = scored.nonzero(as_tuple=True)
             targets = ids[rows, cols + 1]
             token_loss = torch.empty(len(rows), dtype=torch.float32, device=device)

@@ -2,7 +2,8 @@
 
 Embedding = mean of the model's last hidden state over the prompt's non-padding tokens (instruction and input as
 plain text, no chat template, as the reference does). kNN is a chunked matmul top-k: memory is O(chunk·N + N·k),
-never N×N, so 100k samples fit on a laptop and 1M on one GPU.
+never N×N, so 100k samples fit on a laptop and 1M on one GPU. The neighbours themselves are kept too (as ids): the
+reference gives a sparse sample's nearest prompts to the teacher as hints when it writes a new one.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def knn_similarity(
         k: neighbours per row; must be < N.
         device: where the matmuls run (``cuda`` for millions of rows).
         max_elems: cap on the similarity block held at once (rows_per_chunk × N).
-        return_indices: also return the ``[N, k]`` neighbour indices.
+        return_indices: also return the ``[N, k]`` neighbour indices, most similar first (exact ties in a fixed
+            but unspecified order).
 
     Raises:
         ValueError: ``k`` is not in ``1..N-1``.
@@ -93,6 +95,11 @@ def knn_similarity(
         idx[start:stop] = top_idx.cpu()
     sims_np = sims.clamp_(-1.0, 1.0).numpy().astype(np.float64)
     return (sims_np, idx.numpy()) if return_indices else sims_np
+
+
+def neighbour_ids(ids: Sequence[str], indices: np.ndarray) -> list[list[str]]:
+    """The ``[N, k]`` neighbour indices of :func:`knn_similarity` as ids, row by row (most similar first)."""
+    return [[ids[j] for j in row] for row in np.asarray(indices).tolist()]
 
 
 def knn_similarity_bruteforce(embeddings: np.ndarray, k: int = 2) -> np.ndarray:

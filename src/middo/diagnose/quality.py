@@ -1,14 +1,18 @@
-"""Quality signal: the model judges prompt and response for clarity, completeness and factuality (0-10 each).
+"""Quality signal: the model judges each sample for clarity, completeness and factuality, on a 0-10 scale.
 
-Two modes. ``generate`` asks for a short answer and parses the first number (what the reference code does; slow, and
-some answers are unparseable, which we count). ``logits`` reads the next-token distribution over "0".."10" after a
-fixed "Score: " prefix and takes the expected value: one forward pass, always a number, and smoother.
+Six judgements per sample, following the reference code's structure: each aspect is judged twice, once on the
+prompt alone (the response is not shown at all) and once on the response together with its prompt. A sample's
+score is, per aspect, the mean of its two sides, then the mean of the three aspects.
+
+Two modes. ``generate`` asks for the number first, decodes a short greedy answer and takes the first number in it,
+clipped to 0..10; an answer without a number scores 0, as in the reference code, and is counted. ``logits`` (our
+fast option, not in the reference) reads the next-token distribution over "0".."10" after a fixed "Score: " prefix
+and takes its expected value: one forward pass, always a number.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,26 +26,35 @@ from middo.errors import MiddoError
 from middo.modeling import decoder_hidden
 from middo.records import Record
 
+# what each aspect asks, per side: "instruction" = the prompt alone, "response" = the response given its prompt
 ASPECTS = {
-    "clarity": "is it clear, well written and unambiguous?",
-    "completeness": "does it contain everything needed (for a response: does it fully answer the instruction)?",
-    "factuality": "is everything it states correct and accurate?",
+    "clarity": {
+        "instruction": "is it easy to understand, worded concisely and clearly structured?",
+        "response": "is it easy to understand, worded concisely and clearly structured?",
+    },
+    "completeness": {
+        "instruction": "does it give enough information and detail for a good answer to be written?",
+        "response": "does it give enough information and detail to answer the prompt fully?",
+    },
+    "factuality": {
+        "instruction": "is everything it states or assumes accurate and grounded in reliable facts?",
+        "response": "is everything it states accurate and grounded in reliable facts?",
+    },
 }
 TARGETS = ("instruction", "response")
 JUDGEMENTS = tuple(f"{t}_{a}" for t in TARGETS for a in ASPECTS)
 SCORE_PREFIX = "Score: "
 
-# The sample comes first and the question last, so the six judgements of one sample share a long token prefix
-# that the fast path encodes once (see judge_logits).
-_TEMPLATE = (
-    "You are grading training data for an AI assistant. You will rate one aspect of the example below with a single "
-    "integer from 0 (very poor) to 10 (excellent).\n\n"
-    "### Instruction\n{instruction}\n{response_block}\n"
-    "Rate the {target} above for {aspect}: {question}"
+# The sample comes first and the question last, so the three judgements of one side share a long token prefix that
+# the fast path encodes once (see judge_logits). The intro does not depend on the side, so the prompt-side text is a
+# prefix of the response-side text.
+_INTRO = "You are reviewing an example from the data used to fine-tune an AI assistant.\n\n### Prompt\n{prompt}\n"
+_RESPONSE = "\n### Response\n{response}\n"
+_QUESTION = (
+    "\nRate the {aspect} of the {what}: {question} Use a score from 0 to 10, higher meaning better {aspect}. Keep 10 "
+    "for the truly flawless, which is rare. Begin your reply with the score, then explain it briefly."
 )
-_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_WORD = re.compile(r"\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
 
 
 def _clip(text: str, max_chars: int) -> str:
@@ -49,51 +62,84 @@ def _clip(text: str, max_chars: int) -> str:
 
 
 def judge_prompt(rec: Record, judgement: str, max_chars: int = 2000) -> str:
-    """The user message for one of the six judgements (the instruction ones still show the response)."""
+    """The user message for one of the six judgements; ``instruction_*`` ones never contain the response.
+
+    Raises:
+        KeyError: ``judgement`` is not one of :data:`JUDGEMENTS`.
+    """
+    if judgement not in JUDGEMENTS:
+        raise KeyError(f"unknown judgement {judgement!r}; expected one of {JUDGEMENTS}")
     target, aspect = judgement.split("_", 1)
-    response_block = f"\n### Response\n{_clip(rec.output, max_chars)}\n"
-    return _TEMPLATE.format(
-        target=target,
-        aspect=aspect,
-        question=ASPECTS[aspect],
-        instruction=_clip(rec.prompt_text, max_chars),
-        response_block=response_block,
-    )
+    text = _INTRO.format(prompt=_clip(rec.prompt_text, max_chars))
+    if target == "response":
+        text += _RESPONSE.format(response=_clip(rec.output, max_chars))
+    what = "prompt above" if target == "instruction" else "response above, read together with its prompt"
+    return text + _QUESTION.format(what=what, aspect=aspect, question=ASPECTS[aspect][target])
 
 
-def parse_score(text: str) -> tuple[float | None, str]:
-    """First number in ``text`` (digits, or an English word zero..ten), clamped to 0..10.
+def parse_score(text: str) -> tuple[float, str]:
+    """The first number in ``text``, clipped to 0..10; 0 when there is none.
 
-    Returns ``(score, status)`` with status ``ok``, ``clamped`` or ``unparseable`` (score None).
+    Only digits count (a reply of "seven" has no number), like the reference parser; unlike it, a leading minus
+    sign is read, so "-2" clips to 0 rather than reading 2.
+
+    Returns:
+        ``(score, status)`` with status ``ok``, ``clamped`` (the number was outside 0..10) or ``unparseable``.
     """
     m = _NUMBER.search(text or "")
-    if m:
-        value = float(m.group())
-    else:
-        w = _WORD.search(text or "")
-        if not w:
-            return None, "unparseable"
-        value = float(_WORDS[w.group(1).lower()])
-    clamped = min(10.0, max(0.0, value))
-    return clamped, "ok" if clamped == value else "clamped"
+    if not m:
+        return 0.0, "unparseable"
+    value = float(m.group())
+    clipped = min(10.0, max(0.0, value))
+    return clipped, "ok" if clipped == value else "clamped"
+
+
+def aggregate(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-aspect scores (mean of the prompt side and the response side) and the sample score (mean of aspects).
+
+    Args:
+        scores: ``[N, 6]`` sub-scores in :data:`JUDGEMENTS` order.
+
+    Returns:
+        ``([N, 3] per aspect in ASPECTS order, [N] overall)``.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1, len(TARGETS), len(ASPECTS))
+    per_aspect = s.mean(axis=1)
+    return per_aspect, per_aspect.mean(axis=1)
 
 
 @dataclass
 class QualityResult:
-    scores: np.ndarray  # [N, 6] sub-scores in JUDGEMENTS order; NaN where unparseable
+    scores: np.ndarray  # [N, 6] sub-scores in JUDGEMENTS order (an unparseable generate answer is 0)
     status_counts: dict[str, int]
 
     @property
+    def aspects(self) -> np.ndarray:
+        """``[N, 3]`` per-aspect scores, the two sides averaged."""
+        return aggregate(self.scores)[0]
+
+    @property
     def mean(self) -> np.ndarray:
-        """Mean of the parsed sub-scores per sample; NaN only when all six were unparseable."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are expected and stay NaN
-            return np.nanmean(self.scores, axis=1)
+        """``[N]`` sample scores: the mean of the three aspect scores."""
+        return aggregate(self.scores)[1]
 
 
 def _chat_ids(tokenizer, user: str) -> list[int]:
     enc = tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=True)
     return list(enc["input_ids"] if not isinstance(enc, list) else enc)
+
+
+def _side_groups(tokenizer, records: Sequence[Record], max_chars: int, suffix: Sequence[int]) -> list[list[list[int]]]:
+    """Token ids of every judgement prompt (plus ``suffix``), grouped by record and side: ``2N`` groups of 3.
+
+    A group's prompts differ only in their closing question, so they share almost all their tokens.
+    """
+    n_a = len(ASPECTS)
+    groups = []
+    for r in records:
+        seqs = [_chat_ids(tokenizer, judge_prompt(r, j, max_chars)) + list(suffix) for j in JUDGEMENTS]
+        groups.extend(seqs[i : i + n_a] for i in range(0, len(seqs), n_a))
+    return groups
 
 
 def _score_tokens(tokenizer) -> tuple[list[int], list[int]]:
@@ -147,24 +193,22 @@ def judge_logits(
 ) -> QualityResult:
     """Expected score over "0".."10" for every record × judgement.
 
-    With ``share_prefix`` the six prompts of a sample are split into their common token prefix (the sample itself,
-    most of the tokens) and six short suffixes (the question): the prefix is encoded once into a KV cache that the
-    six suffixes attend to, cutting the work about 3-4x. ``share_prefix=False`` is the plain one-pass-per-prompt
-    reference; both give the same scores.
+    With ``share_prefix`` the three prompts of one record and side are split into their common token prefix (the
+    sample itself, most of the tokens) and three short suffixes (the question): the prefix is encoded once into a
+    KV cache that the three suffixes attend to. ``share_prefix=False`` is the plain one-pass-per-prompt reference;
+    both give the same scores.
     """
     digit_ids, ten = _score_tokens(tokenizer)
     answer = tokenizer.encode(SCORE_PREFIX, add_special_tokens=False)
     # with a split "10" we append "1" and read two positions: P(first digit) and P("0" | "1")
     extra = [digit_ids[1]] if len(ten) == 2 else []
     n_read = 2 if extra else 1
-    per_record = [
-        [_chat_ids(tokenizer, judge_prompt(r, j, max_chars)) + answer + extra for j in JUDGEMENTS] for r in records
-    ]
+    groups = _side_groups(tokenizer, records, max_chars, answer + extra)
     head = model.get_output_embeddings()
-    n_j = len(JUDGEMENTS)
-    scores = np.zeros((len(records), n_j))
+    n_g, n_j = len(ASPECTS), len(JUDGEMENTS)
+    scores = np.zeros((len(groups), n_g))
     if not share_prefix:
-        flat = [s for seqs in per_record for s in seqs]
+        flat = [s for g in groups for s in g]
         batches = shard.take(token_budget_batches([len(s) for s in flat], max_tokens))
         owned = owned_mask(len(flat), batches)
         with progress(bar, int(owned.sum()), "quality(logits)", "judgement", shard.is_main) as bar:
@@ -178,29 +222,30 @@ def judge_logits(
                 scores.reshape(-1)[batch] = e.numpy()
                 bar.update(len(batch))
         flat_scores = shard.merge_rows(scores.reshape(-1), owned)
-        return QualityResult(flat_scores.reshape(len(records), n_j), {"ok": scores.size})
-    cuts = [min(_common_prefix(seqs), min(len(s) for s in seqs) - n_read) for seqs in per_record]
-    cost = [cuts[i] + n_j * (max(len(s) for s in per_record[i]) - cuts[i]) for i in range(len(records))]
+        return QualityResult(flat_scores.reshape(len(records), n_j), {"ok": int(flat_scores.size)})
+    cuts = [min(_common_prefix(g), min(len(s) for s in g) - n_read) for g in groups]
+    cost = [cuts[i] + n_g * (max(len(s) for s in groups[i]) - cuts[i]) for i in range(len(groups))]
     batches = shard.take(token_budget_batches(cost, max_tokens))
-    owned = owned_mask(len(records), batches)
-    with progress(bar, int(owned.sum()) * n_j, "quality(logits)", "judgement", shard.is_main) as bar:
+    owned = owned_mask(len(groups), batches)
+    with progress(bar, int(owned.sum()) * n_g, "quality(logits)", "judgement", shard.is_main) as bar:
         for batch in batches:
-            pre_ids, pre_mask = pad_batch([per_record[i][0][: cuts[i]] for i in batch], tokenizer.pad_token_id, "left")
+            pre_ids, pre_mask = pad_batch([groups[i][0][: cuts[i]] for i in batch], tokenizer.pad_token_id, "left")
             pre_ids, pre_mask = pre_ids.to(device), pre_mask.to(device)
             cache = DynamicCache()
             decoder_hidden(model, pre_ids, pre_mask, past_key_values=cache)
-            cache.batch_repeat_interleave(n_j)
-            tails = [per_record[i][j][cuts[i] :] for i in batch for j in range(n_j)]
+            cache.batch_repeat_interleave(n_g)
+            tails = [groups[i][j][cuts[i] :] for i in batch for j in range(n_g)]
             suf_ids, suf_mask = pad_batch(tails, tokenizer.pad_token_id, "right")
-            full_mask = torch.cat([pre_mask.repeat_interleave(n_j, 0), suf_mask.to(device)], 1)
+            full_mask = torch.cat([pre_mask.repeat_interleave(n_g, 0), suf_mask.to(device)], 1)
             hidden = decoder_hidden(model, suf_ids.to(device), full_mask, past_key_values=cache)
             last = suf_mask.sum(1).to(device) - 1
             rows = torch.arange(len(tails), device=device)
             h2 = hidden[rows, last] if extra else None
             e = _expected_scores(head, hidden[rows, last - n_read + 1], h2, digit_ids, ten)
-            scores[batch] = e.numpy().reshape(len(batch), n_j)
+            scores[batch] = e.numpy().reshape(len(batch), n_g)
             bar.update(len(tails))
-    return QualityResult(shard.merge_rows(scores, owned), {"ok": scores.size})
+    merged = shard.merge_rows(scores, owned)
+    return QualityResult(merged.reshape(len(records), n_j), {"ok": int(merged.size)})
 
 
 @torch.inference_mode()
@@ -215,9 +260,14 @@ def judge_generate(
     shard: Shard = Shard(),
     bar=None,
 ) -> tuple[QualityResult, list[str]]:
-    """Greedy short answers, parsed with :func:`parse_score`; returns the raw answers too (for the report)."""
+    """Greedy short answers, parsed with :func:`parse_score` (unparseable = 0, counted); returns the raw answers
+    too, for the report.
+
+    Greedy rather than the reference's near-greedy sampling (temperature 0.1), so that reruns and sharded runs give
+    the same scores.
+    """
     seqs = [_chat_ids(tokenizer, judge_prompt(r, j, max_chars)) for r in records for j in JUDGEMENTS]
-    scores = np.full(len(seqs), np.nan)
+    scores = np.zeros(len(seqs))
     answers = [""] * len(seqs)
     counts = {"ok": 0, "clamped": 0, "unparseable": 0}
     batches = shard.take(token_budget_batches([len(s) + max_new_tokens for s in seqs], max_tokens))
@@ -234,10 +284,8 @@ def judge_generate(
             )
             for row, i in enumerate(batch):
                 answers[i] = tokenizer.decode(out[row, ids.shape[1] :], skip_special_tokens=True)
-                value, status = parse_score(answers[i])
+                scores[i], status = parse_score(answers[i])
                 counts[status] += 1
-                if value is not None:
-                    scores[i] = value
             bar.update(len(batch))
     if shard.world > 1:
         scores = shard.merge_rows(scores, owned)
@@ -250,17 +298,28 @@ def judge_generate(
     return QualityResult(scores.reshape(len(records), len(JUDGEMENTS)), counts), answers
 
 
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, tied values sharing the mean of the ranks they span (what Spearman's rho needs with ties)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank where each distinct value starts
+    return (first + (counts + 1) / 2.0)[inverse.reshape(-1)]
+
+
 def agreement(a: np.ndarray, b: np.ndarray, tolerance: float = 1.0) -> dict[str, float]:
-    """How far two score sets (e.g. generate vs logits means) agree: within-tolerance rate and correlations."""
+    """How far two score sets (e.g. generate vs logits means) agree: within-tolerance rate and correlations.
+
+    Spearman's rho is the Pearson correlation of average ranks, so ties (common with integer generate scores) do not
+    depend on the order of the samples.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     if a.size < 2:
         return {"n": int(a.size), "within_tolerance": float("nan"), "pearson": float("nan"), "spearman": float("nan")}
-    ranks = lambda x: np.argsort(np.argsort(x)).astype(float)  # noqa: E731
     corr = lambda x, y: float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")  # noqa: E731
     return {
         "n": int(a.size),
         "within_tolerance": float(np.mean(np.abs(a - b) <= tolerance)),
         "pearson": corr(a, b),
-        "spearman": corr(ranks(a), ranks(b)),
+        "spearman": corr(average_ranks(a), average_ranks(b)),
     }

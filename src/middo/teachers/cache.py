@@ -1,8 +1,10 @@
 """A content-addressed cache in front of any teacher, so a rerun (or a resumed, killed run) never pays twice.
 
-Each call is keyed by what determines its answer: backend, model, prompt and every sampling field. One small JSON
-file per call, written atomically, means a process killed mid-run leaves only complete entries behind, and two runs
-sharing a cache directory cannot corrupt each other. Misses go to the inner teacher in chunks and each chunk is
+Each call is keyed by what determines its answer: the teacher's identity (for a local model the hash of its weight
+and tokenizer files, not its path, so a new model at ``models/base`` is asked afresh; for a server its model name,
+URL and the configured revision), the version of the prompt templates, the prompt and every sampling field. One small
+JSON file per call, written atomically, means a process killed mid-run leaves only complete entries behind, and two
+runs sharing a cache directory cannot corrupt each other. Misses go to the inner teacher in chunks and each chunk is
 stored as soon as it returns, so a kill loses at most one chunk of work. Failed calls (``None``) are not stored, so
 the next run retries them.
 """
@@ -12,35 +14,128 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 from middo.dataio.atomic import atomic_write_text
+from middo.errors import MiddoError
 from middo.teachers.base import Sampling, Teacher
 
 log = logging.getLogger(__name__)
 
+# what a local model's answers depend on: weights, tokenizer, configs (chat template included), remote code
+MODEL_SUFFIXES = (
+    *(".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5"),
+    *(".json", ".model", ".txt", ".tiktoken", ".jinja", ".py"),
+)
+FINGERPRINTS = "fingerprints.json"  # memo under the cache dir: folder -> file sizes and mtimes -> hash
 
-def cache_key(backend: str, model: str, prompt: str, sampling: Sampling) -> str:
+
+def cache_key(identity: Mapping[str, str], prompt_version: str, prompt: str, sampling: Sampling) -> str:
     """sha256 of the canonical JSON of everything that determines the reply."""
-    payload = {"backend": backend, "model": model, "prompt": prompt, "sampling": asdict(sampling)}
+    payload = {
+        "teacher": dict(identity),
+        "prompt_version": prompt_version,
+        "prompt": prompt,
+        "sampling": asdict(sampling),
+    }
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def server_identity(model: str, base_url: str, revision: str) -> dict[str, str]:
+    """A served teacher is known only by name, so the user's ``revision`` marks a change of weights behind it."""
+    return {"backend": "openai", "model": model, "base_url": base_url.rstrip("/"), "revision": revision}
+
+
+def local_identity(backend: str, model: str | Path, cache_dir: str | Path, revision: str) -> dict[str, str]:
+    """A local model is known by its files' content; a name that is not a folder (vLLM can load hub names) falls
+    back to name and ``revision``, with a warning, since its files cannot be read here."""
+    if not Path(model).is_dir():
+        log.warning("teacher cache: %s is not a local folder; keying its replies on the name and revision", model)
+        return {"backend": backend, "model": str(model), "revision": revision}
+    return {"backend": backend, "weights": model_fingerprint(model, Path(cache_dir) / FINGERPRINTS)}
+
+
+def _model_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix in MODEL_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def model_fingerprint(folder: str | Path, memo_path: str | Path) -> str:
+    """sha256 over the sorted relative paths and bytes of a model folder's weight, tokenizer and config files.
+
+    Hashing gigabytes on every run would cost more than most cache hits save, so the hash is memoised in
+    ``memo_path`` under the folder's absolute path together with each file's size and mtime_ns; any change to
+    those (a copied-in model, a re-converted one) hashes again.
+
+    Raises:
+        MiddoError: the folder holds none of the files a model needs.
+    """
+    folder = Path(folder).resolve()
+    files = _model_files(folder)
+    if not files:
+        raise MiddoError(f"teacher model {folder}: no weight, tokenizer or config files ({', '.join(MODEL_SUFFIXES)})")
+    stats = {}
+    for p in files:
+        st = p.stat()
+        stats[p.relative_to(folder).as_posix()] = [st.st_size, st.st_mtime_ns]
+    memo_path = Path(memo_path)
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    seen = memo.get(str(folder))
+    if isinstance(seen, dict) and seen.get("files") == stats and isinstance(seen.get("sha256"), str):
+        return seen["sha256"]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode("utf-8") + b"\0")
+        with open(p, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        h.update(b"\0")
+    memo[str(folder)] = {"files": stats, "sha256": h.hexdigest()}
+    try:
+        atomic_write_text(memo_path, json.dumps(memo, indent=1, sort_keys=True) + "\n")
+    except OSError as exc:  # the memo only saves time; a read-only cache dir still gets a correct key
+        log.warning("teacher cache: could not store the model fingerprint in %s (%s)", memo_path, exc)
+    return memo[str(folder)]["sha256"]
+
+
 class CachedTeacher:
     """Wraps a :class:`~middo.teachers.base.Teacher`; is itself a Teacher with the same ``backend`` and ``model``.
+
+    The key is built from ``identity`` and ``prompt_version`` rather than the inner teacher's ``model`` (a path or a
+    name), which stays the same when the weights behind it change.
 
     Attributes:
         hits: calls answered from the cache since this object was made.
         misses: calls sent to the inner teacher since this object was made (failed ones included).
     """
 
-    def __init__(self, teacher: Teacher, cache_dir: str | Path, chunk_size: int = 64):
+    def __init__(
+        self,
+        teacher: Teacher,
+        cache_dir: str | Path,
+        identity: Mapping[str, str],
+        prompt_version: str,
+        chunk_size: int = 64,
+    ):
         """
         Args:
             teacher: the backend that answers the misses.
             cache_dir: where the ``<key[:2]>/<key>.json`` files live (created on first write).
+            identity: what answers, from :func:`local_identity` or :func:`server_identity`.
+            prompt_version: the version of the caller's prompt templates (the cache knows nothing of them).
             chunk_size: misses sent to the inner teacher per call; each chunk is stored before the next is sent.
         """
         if chunk_size < 1:
@@ -48,6 +143,8 @@ class CachedTeacher:
         self.teacher = teacher
         self.backend = teacher.backend
         self.model = teacher.model
+        self.identity = dict(identity)
+        self.prompt_version = prompt_version
         self.cache_dir = Path(cache_dir)
         self.chunk_size = chunk_size
         self.hits = 0
@@ -62,7 +159,7 @@ class CachedTeacher:
         Raises:
             TeacherUnavailable: from the inner teacher; chunks finished before it are already stored.
         """
-        keys = [cache_key(self.backend, self.model, p, sampling) for p in prompts]
+        keys = [cache_key(self.identity, self.prompt_version, p, sampling) for p in prompts]
         results: list[str | None] = [None] * len(prompts)
         missing: dict[str, list[int]] = {}  # key -> positions, so a prompt repeated in one call is sent once
         for i, key in enumerate(keys):
@@ -110,7 +207,8 @@ class CachedTeacher:
         """Keep the inputs beside the output so an entry can be read (and audited) without the code."""
         entry = {
             "key": key,
-            "backend": self.backend,
+            "teacher": self.identity,
+            "prompt_version": self.prompt_version,
             "model": self.model,
             "prompt": prompt,
             "sampling": asdict(sampling),

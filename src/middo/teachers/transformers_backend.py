@@ -1,12 +1,19 @@
 """A local Hugging Face model as the teacher: no server, no network, works on CPU.
 
-This is the default backend, so that the whole pipeline runs offline with the converted default model. Prompts are
-sorted by length and generated in left-padded batches under a token budget, which keeps padding (and memory) low;
+This is the default backend, so that the whole pipeline runs offline with the converted default model. Greedy prompts
+are sorted by length and generated in left-padded batches under a token budget, which keeps padding (and memory) low;
 with greedy decoding the replies do not depend on how prompts were batched.
+
+Sampled prompts (temperature > 0) are generated one at a time, each under its own seed derived from
+``Sampling.seed`` and the prompt: a batch would draw every row's tokens from one random stream, so a reply would
+depend on which other prompts shared its call, and a rerun whose cache already holds some replies (so sends fewer
+prompts) would get different ones. Per prompt, a rerun without the cache reproduces every reply. The seeding runs in
+a forked RNG, so the caller's random state is left as it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -18,6 +25,12 @@ from middo.modeling import load_model
 from middo.teachers.base import Sampling
 
 log = logging.getLogger(__name__)
+
+
+def prompt_seed(seed: int, prompt: str) -> int:
+    """A seed for one prompt's sampling: the run's seed and the prompt's text, hashed into torch's seed range."""
+    digest = hashlib.sha256(f"{seed}\x1f{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 class TransformersTeacher:
@@ -52,17 +65,27 @@ class TransformersTeacher:
         """Answer every prompt; an empty reply, or one batch item that cannot fit in memory alone, is ``None``."""
         if not prompts:
             return []
-        if not sampling.greedy:
-            torch.manual_seed(sampling.seed)
         encoded = [self.encode(p) for p in prompts]
-        lengths = [len(ids) + sampling.max_new_tokens for ids in encoded]
         results: list[str | None] = [None] * len(prompts)
         with tqdm(total=len(prompts), desc="teacher (transformers)", unit="prompt") as bar:
+            if not sampling.greedy:
+                for i, (prompt, ids) in enumerate(zip(prompts, encoded)):
+                    results[i] = self._sample(prompt, ids, sampling)
+                    bar.update(1)
+                return results
+            lengths = [len(ids) + sampling.max_new_tokens for ids in encoded]
             for batch in token_budget_batches(lengths, self.max_tokens):
                 for i, text in zip(batch, self._generate_split([encoded[i] for i in batch], sampling)):
                     results[i] = text
                 bar.update(len(batch))
         return results
+
+    def _sample(self, prompt: str, ids: list[int], sampling: Sampling) -> str | None:
+        """One sampled reply under the prompt's own seed, in a forked RNG (see the module docstring)."""
+        devices = [self.loaded.device] if self.loaded.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(prompt_seed(sampling.seed, prompt))
+            return self._generate_split([ids], sampling)[0]
 
     def _generate_split(self, seqs: list[list[int]], sampling: Sampling) -> list[str | None]:
         """Generate one batch; on out-of-memory halve it, since the budget was only an estimate."""
@@ -85,7 +108,8 @@ class TransformersTeacher:
         ids, mask = pad_batch(seqs, tok.pad_token_id, side="left")
         kwargs = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if not sampling.greedy:
-            kwargs = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": None}
+            # top_k 0: no top-k cut (a model's generation config may set one), as behind the OpenAI API
+            kwargs = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
         out = self.loaded.model.generate(
             input_ids=ids.to(self.loaded.device),
             attention_mask=mask.to(self.loaded.device),

@@ -1,0 +1,83 @@
+"""model.chat_template: one template, written into models/base, used by every stage that formats turns."""
+
+import json
+
+import pytest
+from tiny_models import tiny_model
+from transformers import AutoTokenizer
+
+from middo.base_model import materialise
+from middo.chat_template import DEFAULT_TEMPLATE, ChatTemplateError, resolve_template
+from middo.config import TrainConfig
+from middo.records import Record
+
+MESSAGES = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+
+
+@pytest.fixture()
+def templateless(base_model_dir, tmp_path):
+    """A tiny model whose tokenizer has no chat template, like many base (non-instruct) checkpoints."""
+    folder = tiny_model(base_model_dir, tmp_path / "tiny")
+    config = folder / "tokenizer_config.json"
+    raw = json.loads(config.read_text())
+    raw.pop("chat_template", None)
+    config.write_text(json.dumps(raw))
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    assert not AutoTokenizer.from_pretrained(folder).chat_template
+    return folder
+
+
+def test_default_is_llama_factory_default_format(base_model_dir, tmp_path):
+    out = materialise(str(base_model_dir), tmp_path / "base", False, "default", False)
+    tok = AutoTokenizer.from_pretrained(out)
+    eos = tok.eos_token
+    prompt = tok.apply_chat_template(MESSAGES[:1], add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(MESSAGES, tokenize=False)
+    assert prompt == f"Human: Name a colour.{eos}\nAssistant:"
+    assert full == f"Human: Name a colour.{eos}\nAssistant:Blue.{eos}\n"
+    system = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, *MESSAGES], tokenize=False)
+    assert system.startswith(f"System: Be brief.{eos}\nHuman: ")
+
+
+def test_auto_keeps_the_tokenizers_own_and_leaves_the_files_alone(base_model_dir, tmp_path):
+    out = materialise(str(base_model_dir), tmp_path / "base", False, "auto", False)
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        assert (out / name).read_bytes() == (base_model_dir / name).read_bytes()
+
+
+def test_auto_without_a_template_names_the_param_and_writes_nothing(templateless, tmp_path):
+    with pytest.raises(ChatTemplateError, match=r"chat_template: 'auto'.*has none.*chat_template: default"):
+        materialise(str(templateless), tmp_path / "base", False, "auto", False)
+    assert not (tmp_path / "base").exists()
+
+
+def test_a_template_file_is_used_as_written(templateless, tmp_path):
+    jinja = tmp_path / "mine.jinja"
+    jinja.write_text("{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}{% endfor %}")
+    out = materialise(str(templateless), tmp_path / "base", False, str(jinja), False)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.apply_chat_template(MESSAGES, tokenize=False) == "<<user>>Name a colour.<<assistant>>Blue."
+
+
+def test_bad_settings_are_clear():
+    with pytest.raises(ChatTemplateError, match="neither 'auto', 'default' nor a readable Jinja file"):
+        resolve_template("no/such/file.jinja", True, "m")
+    assert resolve_template("default", False, "m") == DEFAULT_TEMPLATE
+    assert resolve_template("auto", True, "m") is None
+
+
+@pytest.mark.slow
+def test_training_and_loss_scoring_format_with_the_base_folders_template(templateless, tmp_path):
+    from middo.diagnose.complexity import tokenize_for_loss
+    from middo.modeling import load_tokenizer
+    from middo.train import build_trainer
+
+    base = materialise(str(templateless), tmp_path / "base", False, "default", False)
+    rec = Record(id="a", instruction="Name a colour.", output="Blue.")
+    cfg = TrainConfig(max_steps=1, batch_size=1, max_length=64)
+    trainer = build_trainer([rec], base, tmp_path / "run", cfg, 0, "cpu", "float32", False)
+    tok = load_tokenizer(base)
+    trained = tok.decode(trainer.train_dataset[0]["input_ids"])
+    assert trained.startswith("Human: Name a colour.") and "\nAssistant:Blue." in trained
+    scored = tok.decode(tokenize_for_loss(tok, [rec], max_length=64)[0][0])
+    assert scored == trained
