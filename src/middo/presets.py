@@ -1,8 +1,8 @@
 """Apply a preset (``presets/*.yaml``) onto ``params.yaml``: merged, validated, written atomically, comments kept.
 
-A shell redirect (``python ... > params.yaml``) truncates the file before Python reads it, and a plain YAML dump
-loses every comment; this round-trips the file with ruamel.yaml (which DVC itself uses), so the help text beside
-each knob survives and nothing is written unless the merged result validates.
+A shell redirect of a merge back onto ``params.yaml`` truncates the file before Python reads it, and a plain YAML
+dump loses every comment; this round-trips the file with ruamel.yaml (which DVC itself uses), so the help text
+beside each knob survives and nothing is written unless the merged result validates.
 """
 
 from __future__ import annotations

@@ -220,3 +220,33 @@ def test_length_bounds():
     long_parent = Record(id="q", instruction=long_q, output="An essay.")
     assert reject_reason(long_q + " Be brief.", "", GOOD_A, long_parent, SIMPLIFY, must_differ=True) is None
     assert _reason(output=" ".join(f"word{i}" for i in range(2000))) == "answer too long"
+
+
+def test_junk_that_got_through_in_the_demo_is_rejected():
+    """Two diversify samples the 135M demo teacher produced (round 1 of `make demo`), verbatim."""
+    shakespeare = Record(
+        id="seed-0032",
+        instruction='Who wrote the play "Romeo and Juliet"?',
+        output='William Shakespeare wrote "Romeo and Juliet."',
+    )
+    copied = (
+        'Who wrote the play "Romeo and Juliet"?\n\nThe prompt is incomplete and does not answer the original prompt.'
+    )
+    assert instruction_reason(copied, shakespeare, "", must_differ=True) == (
+        "remark about the task left in the instruction"
+    )
+    hint = "Implement a suffix array construction in O(n log n) and explain how to compute the LCP array with Kasai's"
+    hinted = f"{hint} algorithm.\n\nThe prompt is complete and answerable on its own."
+    assert instruction_reason(hinted, shakespeare, "", must_differ=True, hints=[hint + " algorithm."]) == (
+        "remark about the task left in the instruction"
+    )
+    answer = "The original prompt is incomplete and does not provide the requested information."
+    assert reject_reason("Name a play by Shakespeare.", "", answer, shakespeare, "", must_differ=True) == (
+        "remark about the task instead of an answer"
+    )
+
+
+def test_prompts_about_prompts_are_still_fine():
+    parent = Record(id="p", instruction="Summarise the text.", output="A summary.")
+    for ok in ("Write a prompt that asks a model to list three fruits.", "Explain what a prompt is in psychology."):
+        assert instruction_reason(ok, parent, "", must_differ=True) is None

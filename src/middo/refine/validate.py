@@ -53,6 +53,13 @@ _STEP_LINE = re.compile(
 _TAG = re.compile(r"</?(?:prompt|instruction|response)>", re.IGNORECASE)
 # the teacher talking about its own output: "This is a new instruction that requires a self-contained answer."
 _REMARK = re.compile(r"^\W*this\s+is\s+an?\s+(?:[\w-]+\s+){0,3}instruction\b", re.IGNORECASE | re.MULTILINE)
+# ... or judging the prompt it was given, in the words of our templates (seen in the demo: "The prompt is complete and
+# answerable on its own.", "The original prompt is incomplete and does not provide the requested information.")
+_PROMPT_REMARK = re.compile(
+    r"^\W*(?:this|the|that|my|your)\s+(?:[\w-]+\s+){0,2}prompts?\s+(?:is|was|does|did|has|had|seems|appears|"
+    r"requires|asks|contains|can(?:not)?|should|lacks)\b",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 def _norm(text: str) -> str:
@@ -110,7 +117,7 @@ def instruction_reason(
         return "analysis left in the instruction"
     if _LABEL_LINE.search(instruction):
         return "label left in the instruction"
-    if _REMARK.search(instruction):
+    if _REMARK.search(instruction) or _PROMPT_REMARK.search(instruction):
         return "remark about the task left in the instruction"
     if len(instruction.strip()) < MIN_INSTRUCTION_CHARS:
         return "instruction too short"
@@ -151,6 +158,8 @@ def reject_reason(
         return "answer copies the prompt template"
     if _TAG.search(output):
         return "tag left in the answer"
+    if _PROMPT_REMARK.match(output):
+        return "remark about the task instead of an answer"
     if len(output) > max(MAX_ANSWER_CHARS, 4 * len(parent.output)):
         return "answer too long"
     bad = degenerate(output)
