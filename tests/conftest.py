@@ -44,3 +44,14 @@ def scoring_model(base_model_dir):
     from middo.modeling import load_model
 
     return load_model(base_model_dir, "cpu", "float32")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on a small shared CPU, two OpenMP threads stall ~10x whenever another process runs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,15 +11,6 @@ from middo.evaluate.suite import details_path
 from middo.provenance import PACKAGES
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on this shared 2-core CPU, two OpenMP threads stall ~10x whenever another process runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_suite_table_names():
     assert list(SUITES) == ["humaneval", "math500", "ifbench", "gsm8k", "hellaswag", "truthfulqa"]
 
@@ -39,7 +30,7 @@ def test_selection_is_seeded_and_stable():
 
 
 @pytest.mark.slow
-def test_choice_loglik_matches_full_forward(scoring_model, one_thread):
+def test_choice_loglik_matches_full_forward(scoring_model, one_torch_thread):
     lm = scoring_model
     context, choices = "What is the capital of France?", ["Paris.", "The capital is Berlin."]
     got = choice_loglik(lm, context, choices)
@@ -57,7 +48,7 @@ def test_choice_loglik_matches_full_forward(scoring_model, one_thread):
 
 
 @pytest.mark.slow
-def test_evaluate_model_writes_flat_metrics(base_model_dir, tmp_path, one_thread):
+def test_evaluate_model_writes_flat_metrics(base_model_dir, tmp_path, one_torch_thread):
     out = tmp_path / "metrics" / "eval_round_0.json"
     result = evaluate_model(base_model_dir, ["hellaswag", "gsm8k"], 2, out, "cpu", "float32", 32, 42)
     metrics = json.loads(out.read_text())

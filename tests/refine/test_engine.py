@@ -348,17 +348,6 @@ class Recording:
         return self.inner.complete(batch, sampling)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """On a small shared CPU box two torch threads competing with other jobs run ~10x slower than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_a_real_local_teacher_is_asked_the_right_prompts(base_model_dir, one_torch_thread):
     """The wiring with a real model: what its 135M replies are worth is not this test's question, so it asserts what

@@ -9,15 +9,6 @@ import torch
 from middo.teachers import Sampling, TransformersTeacher
 
 
-@pytest.fixture
-def one_torch_thread():
-    """On a small shared CPU box two torch threads competing with other jobs run ~10x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_greedy_output_does_not_depend_on_batch_budget(base_model_dir, one_torch_thread):
     teacher = TransformersTeacher(base_model_dir, device="cpu", dtype="float32")
