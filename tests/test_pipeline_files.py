@@ -63,12 +63,16 @@ def test_cli_help_lists_subcommands():
         assert sub in out.stdout
 
 
+def _check_params(path):
+    return subprocess.run(
+        [sys.executable, "-m", "middo.cli", "check-params", "--params", str(path)], capture_output=True, text=True
+    )
+
+
 def test_cli_check_params_reports_key_path(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("base:\n  seed: -3\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "middo.cli", "check-params", "--params", str(bad)], capture_output=True, text=True
-    )
+    out = _check_params(bad)
     assert out.returncode == 2
     assert "base.seed: must be >= 0, got -3" in out.stderr
     assert "Traceback" not in out.stderr
@@ -228,9 +232,7 @@ def test_the_first_stage_reports_every_cross_field_error_and_writes_nothing(tmp_
 def test_cli_check_params_reports_cross_field_errors_together(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("rounds:\n  '1': 0\n  '3': 2\neval:\n  suites: []\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "middo.cli", "check-params", "--params", str(bad)], capture_output=True, text=True
-    )
+    out = _check_params(bad)
     assert out.returncode == 2
     assert "2 problem(s)" in out.stderr
     assert "rounds.3: refines round 2" in out.stderr and "eval.suites: must name at least one suite" in out.stderr

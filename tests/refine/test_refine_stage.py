@@ -329,7 +329,7 @@ def test_a_new_model_at_the_same_path_is_asked_again(base_model_dir, tmp_path):
 @pytest.mark.server
 @pytest.mark.slow
 def test_killed_stage_resumes_from_cache(served_model, tmp_path):
-    """Kill `middo refine` mid-run, re-run: fewer teacher calls, same output as an uninterrupted run."""
+    """Kill the refine stage mid-run, re-run: fewer teacher calls, same output as an uninterrupted run."""
     _inputs(tmp_path)
     teacher = {
         "backend": "openai",
