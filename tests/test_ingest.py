@@ -49,7 +49,8 @@ def test_limit_and_rejects_add_up(tmp_path):
 
 def test_nothing_kept_fails_naming_file_and_top_reasons(tmp_path):
     """A file whose every record is rejected must fail the stage, not hand an empty round 0 to training."""
-    listed = {"messages": [{"role": "user", "content": ["a", "list"]}, {"role": "assistant", "content": "x"}]}
+    image = {"type": "image_url", "image_url": {"url": "file:///cat.png"}}
+    listed = {"messages": [{"role": "user", "content": [image]}, {"role": "assistant", "content": "x"}]}
     rows = [listed] * 10 + [{"instruction": "Q?"}] * 2
     source = tmp_path / "seed" / "x.jsonl"
     source.parent.mkdir()
@@ -62,9 +63,55 @@ def test_nothing_kept_fails_naming_file_and_top_reasons(tmp_path):
         _import(source, out, tmp_path / "import.json")
     msg = str(err.value)
     assert msg.startswith(f"{source}: 0 of 12 records kept; rejects: 10 x ")
-    assert "10 x \"field 'messages[i].content': expected str, got list\"" in msg
+    assert (
+        "10 x \"field 'messages[i].content[i]': part of type 'image_url' is not text; expected text parts only\""
+        in msg
+    )
     assert "2 x \"missing required field 'messages'\"" in msg  # the schema comes from the first record
     assert msg.endswith(f"(see {out / 'rejects.jsonl'})")
     assert len((out / "rejects.jsonl").read_text().splitlines()) == 12  # kept so the user can look
     assert not (out / "train.jsonl").exists()  # no round 0 that looks valid, not even a stale one
     assert not (tmp_path / "import.json").exists()
+
+
+def test_openai_typed_content_parts_import_and_non_text_parts_are_rejected_by_reason(tmp_path):
+    """OpenAI API exports write content as typed parts; a whole such file used to import 0 records."""
+
+    def conv(user, assistant):
+        return {
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": assistant},
+            ]
+        }
+
+    rows = [
+        conv([{"type": "text", "text": "Name a prime."}, {"type": "text", "text": "Just one."}], "7"),
+        conv([{"type": "text", "value": "Name a colour."}], [{"type": "output_text", "text": "Red."}]),
+        conv("Plain string content.", "Still fine."),
+        conv([{"type": "text", "text": "What is shown?"}, {"type": "image_url", "image_url": {"url": "x"}}], "A cat."),
+        conv([{"type": "input_audio", "input_audio": {"data": "..."}}], "Hello."),
+        conv("Plain string content.", "Still fine."),  # the same as line 3, no ids in the file
+    ]
+    source = tmp_path / "parts.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counts = _import(source, tmp_path / "r0", tmp_path / "m.json")
+    out = read_dataset(tmp_path / "r0" / "train.jsonl").records
+    assert [(r.system, r.instruction, r.output) for r in out] == [
+        ("Be brief.", "Name a prime.\nJust one.", "7"),
+        ("Be brief.", "Name a colour.", "Red."),
+        ("Be brief.", "Plain string content.", "Still fine."),
+    ]
+    assert counts["kept"] == 3 and counts["rejected"] == 3 and counts["total"] == 6
+    assert counts["rejects_by_reason"] == {
+        "field 'messages[i].content[i]': part of type 'image_url' is not text; expected text parts only": 1,
+        "field 'messages[i].content[i]': part of type 'input_audio' is not text; expected text parts only": 1,
+        "exact duplicate of an earlier record": 1,
+    }
+    rejects = [json.loads(line) for line in (tmp_path / "r0" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rejects] == [
+        "line 4: field 'messages[1].content[1]': part of type 'image_url' is not text; expected text parts only",
+        "line 5: field 'messages[1].content[0]': part of type 'input_audio' is not text; expected text parts only",
+        "line 6: exact duplicate of line 3",
+    ]

@@ -21,6 +21,7 @@ _WHERE = re.compile(r"^(?:line|row) \d+(?: \(item \d+\))?: ")
 _INDEX = re.compile(r"\[\d+\]")
 _NUMBERED = re.compile(r"\b(offset|byte|column|line|item) \d+")
 _DUPLICATE = re.compile(r"^duplicate id .*? \(first seen at [^)]*\)")
+_EXACT = re.compile(r"^exact duplicate of .*$")
 
 
 def reason_key(reject: Reject) -> str:
@@ -31,6 +32,7 @@ def reason_key(reject: Reject) -> str:
     """
     text = _WHERE.sub("", reject.reason, count=1)
     text = _DUPLICATE.sub("duplicate id", text)
+    text = _EXACT.sub("exact duplicate of an earlier record", text)
     text = _INDEX.sub("[i]", text)
     return _NUMBERED.sub(r"\1 N", text)
 

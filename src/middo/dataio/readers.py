@@ -348,6 +348,8 @@ def _collect(items: Iterable[_Item], schema: str, source: str) -> ReadResult:
                 schema = detect_schema(item.obj)
             record = build_record(item.obj, schema)
             if record.id in seen:
+                if item.obj.get("id") is None:  # the id was derived from the content: the same record again
+                    raise RecordError("duplicate", f"exact duplicate of {seen[record.id]}")
                 raise RecordError(
                     "duplicate_id",
                     f"duplicate id {record.id!r} (first seen at {seen[record.id]}); expected unique ids",

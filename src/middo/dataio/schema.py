@@ -164,7 +164,7 @@ def _conversation(obj: dict[str, Any], schema: str) -> tuple[str, tuple[tuple[st
         if role is None:
             expected = f"expected one of system, {names['user']}, {names['assistant']}"
             raise RecordError("bad_role", f"field '{loc}.{role_key}': unknown role {_short(raw_role)}; {expected}")
-        text = _text(message[content_key], f"field '{loc}.{content_key}'", nonempty=role != "system")
+        text = _content(message[content_key], f"{loc}.{content_key}", nonempty=role != "system")
         if role == "system":
             if i != 0:
                 raise RecordError("role_order", f"field '{loc}.{role_key}': system message not first; {order}")
@@ -190,6 +190,37 @@ def _conversation(obj: dict[str, Any], schema: str) -> tuple[str, tuple[tuple[st
     pairs = tuple((turns[j], turns[j + 1]) for j in range(0, len(turns), 2))
     instruction, output = pairs[-1]
     return system, pairs[:-1], instruction, output
+
+
+# Part types that carry text: the chat API's "text", the Responses API's "input_text"/"output_text".
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+
+
+def _content(value: Any, loc: str, nonempty: bool) -> str:
+    """A message's text: a string, or a list of typed parts (``[{"type": "text", "text": ...}]``, as the OpenAI API
+    and many exported datasets write it; some tools put the text under ``value``), whose text parts are joined with
+    a newline. A part that is not text (an image, audio, a file) rejects the record: a text-only model would train
+    on a message with a hole in it."""
+    if not isinstance(value, list):
+        return _text(value, f"field '{loc}'", nonempty)
+    texts = []
+    for j, part in enumerate(value):
+        where = f"field '{loc}[{j}]'"
+        if not isinstance(part, dict):
+            raise RecordError("wrong_type", f"{where}: expected a content part object, got {type_name(part)}")
+        kind = part.get("type", "text")
+        if kind not in _TEXT_PARTS:
+            raise RecordError(
+                "non_text_part", f"{where}: part of type {_short(kind)} is not text; expected text parts only"
+            )
+        key = "text" if "text" in part else "value" if "value" in part else None
+        if key is None:
+            raise RecordError("missing_field", f"{where}: text part without 'text' (or 'value')")
+        texts.append(_text(part[key], f"{where}.{key}", nonempty=False))
+    text = "\n".join(texts)
+    if nonempty and not text.strip():
+        raise RecordError("empty_text", f"field '{loc}': empty after stripping whitespace; expected non-empty text")
+    return text
 
 
 def _id(obj: dict[str, Any]) -> str | None:
