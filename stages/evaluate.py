@@ -1,7 +1,7 @@
 """Stage ``evaluate@R`` (``evaluate_seed``: round 0): benchmarks on a checkpoint. Run: ``dvc repro evaluate``."""
 
 from middo.config import load_params
-from middo.evaluate import evaluate_model
+from middo.evaluate.backends import describe, evaluate_backend
 from middo.stage import parser, relaunched_under_torchrun, run
 
 
@@ -12,20 +12,12 @@ def main(argv=None):
     ap.add_argument("--round", type=int, required=True)
     args = ap.parse_args(argv)
     p = load_params(args.params)
-    if relaunched_under_torchrun(p.base.processes):
+    # the builtin suites shard over base.processes; the harnesses run their own launchers
+    if p.eval.backend == "builtin" and relaunched_under_torchrun(p.base.processes):
         return
-    res = evaluate_model(
-        model_path=args.model,
-        suites=list(p.eval.suites),
-        limit=p.eval.limit,
-        out_path=args.out,
-        device=p.base.device,
-        dtype=p.base.dtype,
-        max_new_tokens=p.eval.max_new_tokens,
-        seed=p.base.seed,
-    )
+    res = evaluate_backend(p.eval, args.model, args.out, p.base.seed, p.base.device, p.base.dtype, args.round)
     if res:  # empty on torchrun ranks other than 0
-        print(f"round {args.round}: average {res['average']:.3f} {res['accuracy']}")
+        print(describe(args.round, res))
 
 
 if __name__ == "__main__":

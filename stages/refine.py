@@ -19,14 +19,16 @@ def main(argv=None):
         metrics_dir=args.metrics,
         summary_path=args.summary,
         round_=args.round,
-        **{k: getattr(p.refine, k) for k in ("merge", "precedence", "max_added_fraction", "max_failed_fraction")},
+        **{k: getattr(p.refine, k) for k in ("merge", "selection", "precedence", "max_added_fraction")},
+        max_failed_fraction=p.refine.max_failed_fraction,
         teacher_cfg=p.refine.teacher,
         seed=p.base.seed,
         device=p.base.device,
         dtype=p.base.dtype,
     )
+    c = r["cache"]
     print(f"round {args.round}: {r['size_before']} -> {r['size_after']} (removed {r['removed']}, added {r['added']})")
-    print(f"teacher cache: {r['cache']['hits']} hits, {r['cache']['misses']} misses")
+    print(f"teacher cache: {c['hits']} hits, {c['misses']} misses")
 
 
 if __name__ == "__main__":

@@ -2,17 +2,18 @@
 
 from middo.config import load_params
 from middo.dataio.writers import read_records
-from middo.stage import parser, run
+from middo.stage import parser, relaunched_under_torchrun, run
 from middo.train import train_sft
 
 
 def main(argv=None):
     ap = parser(__doc__)
-    for flag in ("--data", "--base", "--out", "--metrics"):
+    for flag in ("--round", "--data", "--base", "--out", "--metrics", "--live"):  # --live: DVCLive's folder
         ap.add_argument(flag, required=True)
-    ap.add_argument("--round", type=int, required=True)
     args = ap.parse_args(argv)
     p = load_params(args.params)
+    if relaunched_under_torchrun(p.base.processes):
+        return
     m = train_sft(
         records=read_records(args.data),
         data_path=args.data,
@@ -24,8 +25,10 @@ def main(argv=None):
         dtype=p.base.dtype,
         trust_remote_code=p.model.trust_remote_code,
         metrics_path=args.metrics,
+        live_dir=args.live,
     )
-    print(f"round {args.round}: {m['steps']} steps, loss {m['first_loss']} -> {m['last_loss']}, {m['seconds']:.0f} s")
+    if m:  # empty on torchrun ranks other than 0
+        print("round {}: {steps} steps, loss {first_loss} -> {last_loss}, {seconds:.0f} s".format(args.round, **m))
 
 
 if __name__ == "__main__":

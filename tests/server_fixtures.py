@@ -96,6 +96,7 @@ class FakeServer:
     base_url: str
     posts: list[dict] = field(default_factory=list)
     headers: list[dict] = field(default_factory=list)  # lower-cased names
+    times: list[float] = field(default_factory=list)  # time.monotonic() at each POST's arrival
     server: ThreadingHTTPServer | None = None
 
     def close(self) -> None:
@@ -106,7 +107,7 @@ class FakeServer:
             self.server = None
 
 
-Responder = Callable[[int, dict], tuple[int, bytes]]
+Responder = Callable[[int, dict], tuple[int, bytes] | tuple[int, bytes, dict[str, str]]]  # (status, body[, headers])
 
 
 def _completion(content: str | None) -> bytes:
@@ -123,7 +124,10 @@ def _completion(content: str | None) -> bytes:
 
 @pytest.fixture
 def fake_server() -> Iterator[Callable[[Responder], FakeServer]]:
-    """Start a stdlib HTTP server whose POST replies come from ``respond(post_index, body)``; GETs list no models."""
+    """Start a stdlib HTTP server whose POST replies come from ``respond(post_index, body)``; GETs list no models.
+
+    ``respond`` returns ``(status, body)`` or ``(status, body, headers)``, e.g. ``{"Retry-After": "1"}`` on a 429.
+    """
     servers: list[FakeServer] = []
 
     def start(respond: Responder) -> FakeServer:
@@ -139,12 +143,15 @@ def fake_server() -> Iterator[Callable[[Responder], FakeServer]]:
                     index = len(state.posts)
                     state.posts.append(body)
                     state.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    state.times.append(time.monotonic())
                 self._reply(*respond(index, body))
 
-            def _reply(self, status: int, payload: bytes):
+            def _reply(self, status: int, payload: bytes, headers: dict[str, str] | None = None):
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
 

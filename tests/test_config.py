@@ -122,6 +122,21 @@ def test_cross_field_errors_are_reported_together():
     assert len(problems) == 4
 
 
+def test_each_eval_backend_needs_what_it_runs():
+    with pytest.raises(ConfigError) as err:
+        params_from_dict({"eval": {"backend": "lm-eval"}}, "params.yaml")
+    assert err.value.problems == ["eval.tasks: must name at least one lm-eval task (eval.backend: lm-eval)"]
+    with pytest.raises(ConfigError) as err:
+        params_from_dict({"eval": {"backend": "opencompass", "suites": []}}, "params.yaml")
+    assert err.value.problems == [
+        "eval.opencompass.python: must name the python of your OpenCompass env (eval.backend: opencompass)"
+    ]
+    with pytest.raises(ConfigError, match="eval.backend: must be one of 'builtin', 'lm-eval', 'opencompass'"):
+        params_from_dict({"eval": {"backend": "helm"}}, "params.yaml")
+    ok = params_from_dict({"eval": {"backend": "lm-eval", "tasks": ["middo_gsm8k_local"], "suites": []}})
+    assert ok.eval.tasks == ("middo_gsm8k_local",)
+
+
 def test_every_preset_applies_and_its_values_land(tmp_path):
     from middo.presets import apply_preset
 

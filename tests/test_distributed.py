@@ -165,3 +165,34 @@ def test_torchrun_logits_judge_two_processes_match_one(base_model_dir, tmp_path)
     summary = json.loads((outs[2] / "diagnose.json").read_text())
     assert summary["diagnose"]["quality"]["mode"] == "logits"
     assert summary == json.loads((outs[1] / "diagnose.json").read_text())
+
+
+ATOMIC_DIR_SCRIPT = """
+import sys
+from pathlib import Path
+from middo.distributed import atomic_dir_on_main, from_env
+shard = from_env()
+with atomic_dir_on_main(sys.argv[1], shard) as target:
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"rank{shard.rank}.txt").write_text(str(target))
+print("AFTER", shard.rank, sorted(p.name for p in Path(sys.argv[1]).iterdir()))
+"""
+
+
+@pytest.mark.slow
+def test_atomic_dir_on_main_shares_one_folder(tmp_path):
+    """Both ranks write into rank 0's temp folder; it is in place, complete, before either rank goes on."""
+    script = tmp_path / "write.py"
+    script.write_text(ATOMIC_DIR_SCRIPT)
+    out = tmp_path / "models" / "round_1"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, str(script), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["rank0.txt", "rank1.txt"]
+    assert (out / "rank0.txt").read_text() == (out / "rank1.txt").read_text()  # the same temp path on both ranks
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("AFTER")) == [
+        "AFTER 0 ['rank0.txt', 'rank1.txt']",
+        "AFTER 1 ['rank0.txt', 'rank1.txt']",
+    ]
+    assert [p.name for p in out.parent.iterdir()] == ["round_1"]  # the temp folder is gone

@@ -58,6 +58,7 @@ def test_nothing_kept_fails_naming_file_and_top_reasons(tmp_path):
     out = tmp_path / "round_0"
     out.mkdir()
     (out / "train.jsonl").write_text('{"id": "stale", "instruction": "old", "output": "run"}\n')
+    (out / "dataset_info.json").write_text('{"middo_round_0": {"file_name": "train.jsonl"}}\n')
 
     with pytest.raises(MiddoError) as err:
         _import(source, out, tmp_path / "import.json")
@@ -71,6 +72,7 @@ def test_nothing_kept_fails_naming_file_and_top_reasons(tmp_path):
     assert msg.endswith(f"(see {out / 'rejects.jsonl'})")
     assert len((out / "rejects.jsonl").read_text().splitlines()) == 12  # kept so the user can look
     assert not (out / "train.jsonl").exists()  # no round 0 that looks valid, not even a stale one
+    assert not (out / "dataset_info.json").exists()  # nor one that LLaMA-Factory would try to train on
     assert not (tmp_path / "import.json").exists()
 
 

@@ -215,8 +215,9 @@ def test_the_first_stage_reports_every_cross_field_error_and_writes_nothing(tmp_
         (ROOT / "params.yaml")
         .read_text()
         .replace("'2': 1", "'2': 1\n  '4': 3")
-        .replace("eval:\n  suites: [gsm8k, hellaswag, truthfulqa, humaneval, math500, ifbench]", "eval:\n  suites: []")
+        .replace("  suites: [gsm8k, hellaswag, truthfulqa, humaneval, math500, ifbench, mmlu]", "  suites: []")
     )
+    assert "  suites: []" in bad.read_text()  # the edit above matched the shipped params.yaml
     out = subprocess.run(
         [sys.executable, str(ROOT / "stages/base_model.py"), "--out", str(tmp_path / "base"), "--params", str(bad)],
         capture_output=True,

@@ -1,5 +1,5 @@
-"""The ``middo`` command: tools around the pipeline (validate and apply params, compare dataset versions, check a
-run against the committed ``dvc.lock``).
+"""The ``middo`` command: tools around the pipeline (validate and apply params, compare dataset versions, tell a
+real accuracy change from noise, check a run against the committed ``dvc.lock``).
 
 The pipeline's steps are the ``stages/*.py`` scripts that ``dvc.yaml`` runs; run one by hand with the same command
 line (``python stages/train.py --help``), or ``dvc repro STAGE``.
@@ -19,6 +19,31 @@ def _diff(args: argparse.Namespace) -> None:
 
     d = diff_records(load_version(args.a, args.repo), load_version(args.b, args.repo))
     print(render(d, args.a, args.b, args.show), end="")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    import json
+
+    from middo.config import load_params
+    from middo.dataio.atomic import atomic_write_text
+    from middo.evaluate.compare import compare_results, load_details, render
+
+    if args.bootstrap is None or args.seed is None:
+        p = load_params(args.params)
+        args.bootstrap = p.eval.bootstrap if args.bootstrap is None else args.bootstrap
+        args.seed = p.base.seed if args.seed is None else args.seed
+    result = compare_results(
+        load_details(args.a, args.repo), load_details(args.b, args.repo), resamples=args.bootstrap, seed=args.seed
+    )
+    print(render(result, args.a, args.b), end="")
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"a": args.a, "b": args.b, **result}, indent=2) + "\n")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from middo.export import export_command
+
+    print(export_command(args.data, args.round, args.format, args.out))
 
 
 def _check_params(args: argparse.Namespace) -> None:
@@ -59,6 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=".")
     p.add_argument("--show", type=int, default=5, help="examples per kind")
     p.set_defaults(func=_diff)
+
+    p = sub.add_parser(
+        "compare",
+        help="is B's accuracy different from A's beyond noise? paired per item, per suite and on average",
+        description="Pair two evaluations item by item (suite, id) and give per suite and for the average: both "
+        "accuracies, B - A with a paired-bootstrap 95% interval, McNemar's exact p-value, and a verdict "
+        "(outside noise when the interval excludes 0).",
+    )
+    side = "an eval_details.jsonl, a round folder (metrics/round_1), or REV:PATH (git revision or DVC experiment)"
+    p.add_argument("a", help=f"the reference evaluation: {side}")
+    p.add_argument("b", help="the evaluation judged against A, same forms")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples (default: eval.bootstrap from --params)")
+    p.add_argument("--seed", type=int, help="bootstrap seed (default: base.seed from --params)")
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
+    p.add_argument("--repo", default=".", help="repository that REV:PATH and relative paths refer to (default: .)")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser(
+        "export",
+        help="write one round's dataset as alpaca, sharegpt, openai or parquet (+ LLaMA-Factory dataset_info.json)",
+    )
+    p.add_argument("round", type=int, help="round number (0 = the imported seed)")
+    p.add_argument("--format", required=True, choices=("alpaca", "sharegpt", "openai", "parquet"))
+    p.add_argument("--out", help="output file (default: exports/round_R.<format extension>)")
+    p.add_argument("--data", default="data", help="folder holding round_R/train.jsonl (default: data)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("check-params", help="validate params.yaml and report every problem at once")
     p.set_defaults(func=_check_params)

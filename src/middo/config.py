@@ -43,7 +43,10 @@ class BaseConfig:
         "auto", "Model dtype; auto uses bfloat16 only where the device computes it natively (else float32)."
     )
     processes: int = knob(
-        1, "Processes for diagnose and evaluate (torchrun; one per GPU). Scores equal a one-process run's.", ge=1
+        1,
+        "Processes for train, diagnose and evaluate (torchrun; one per GPU). Scores equal a one-process run's; the "
+        "effective training batch is batch_size * grad_accum * processes.",
+        ge=1,
     )
 
 
@@ -73,6 +76,11 @@ class DataConfig:
         "auto", "Input format of data.seed_path; auto detects from extension and keys."
     )
     split: str = knob("train", "Split to read when data.seed_path is a saved DatasetDict.")
+    entry: str = knob(
+        "",
+        "When data.seed_path is a LLaMA-Factory dataset_info.json: the dataset entry to import (its file, format "
+        "and column names come from the entry).",
+    )
     limit: int = knob(0, "Keep only the first N records of the seed (0 = all); for quick trials.", ge=0)
 
 
@@ -112,10 +120,15 @@ class DiagnoseConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    enabled: bool = knob(False, "Train LoRA adapters (peft) instead of the full model; merged before saving.")
+    enabled: bool = knob(False, "Train LoRA adapters (peft) instead of the full model.")
     r: int = knob(16, "LoRA rank.", ge=1)
     alpha: int = knob(32, "LoRA alpha.", ge=1)
     dropout: float = knob(0.05, "LoRA dropout.", ge=0, le=1)
+    merge: bool = knob(
+        True,
+        "Merge the adapters into a full checkpoint before saving; false saves only the adapter (MBs instead of a "
+        "full model per round in the DVC cache) and every consumer loads base + adapter.",
+    )
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,13 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class VllmEngineConfig:
+    tensor_parallel_size: int = knob(1, "vllm backend: GPUs the teacher is split over.", ge=1)
+    max_model_len: int = knob(0, "vllm backend: context length (0 = the model's own).", ge=0)
+    gpu_memory_utilization: float = knob(0.9, "vllm backend: fraction of GPU memory vLLM may take.", gt=0, le=1)
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     backend: Literal["transformers", "openai", "vllm"] = knob(
         "transformers", "transformers: a local HF folder (offline); openai: any OpenAI-compatible server; vllm: GPU."
@@ -150,13 +170,36 @@ class TeacherConfig:
     )
     concurrency: int = knob(4, "openai backend: requests in flight.", ge=1)
     timeout: float = knob(120.0, "openai backend: seconds per request.", gt=0)
-    max_retries: int = knob(4, "openai backend: retries on 429/5xx/timeouts, with exponential backoff.", ge=0)
+    max_retries: int = knob(
+        4,
+        "openai backend: retries on 429/408/409/5xx/timeouts; waits as long as the server's Retry-After says (up to "
+        "120 s; longer fails the item at once), else exponential backoff.",
+        ge=0,
+    )
     max_new_tokens: int = knob(256, "Longest teacher reply.", ge=1)
     temperature: float = knob(
         0.0, "0 = greedy; the paper samples rewrites at 1.0 (presets). Local sampling is seeded by base.seed.", ge=0
     )
     top_p: float = knob(1.0, "Nucleus sampling mass (used when temperature > 0; the paper: 1.0).", gt=0, le=1)
     cache_dir: str = knob(".cache/teacher", "Content-addressed cache of teacher calls (resume without paying twice).")
+    system_prompt: str = knob("", "System message sent with every teacher request ('' = none, as the paper).")
+    extra_body: dict[str, Any] = knob(
+        {},
+        "openai backend: extra JSON fields merged into every request body, e.g. {chat_template_kwargs: "
+        "{enable_thinking: false}} to turn off a served model's thinking mode.",
+    )
+    token_limit_param: Literal["auto", "max_tokens", "max_completion_tokens"] = knob(
+        "auto",
+        "openai backend: the request field carrying max_new_tokens; auto sends max_tokens and switches to "
+        "max_completion_tokens when the server says it wants that (newer OpenAI models).",
+    )
+    structured_output: bool = knob(
+        False,
+        "Ask rewrites as JSON {analysis, prompt} (analysis first, so a constrained teacher still reasons before it "
+        "writes) via response_format json_schema; vLLM serves it as guided decoding, transformers ignores it; the "
+        "tagged-text parser stays for replies that are not JSON.",
+    )
+    vllm: VllmEngineConfig = field(default_factory=VllmEngineConfig)
     revision: str = knob(
         "",
         "Served teacher's weights version (openai backend): bump it when the server's model changes under the same "
@@ -186,6 +229,11 @@ class RefineConfig:
         ge=0,
         le=1,
     )
+    selection: Literal["model", "random"] = knob(
+        "model",
+        "model: refine the samples the diagnosis flagged (Middo); random: the control - as many samples per axis as "
+        "the diagnosis flagged, drawn at random with base.seed, through the same teacher and merge.",
+    )
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def __post_init__(self):
@@ -193,13 +241,67 @@ class RefineConfig:
             raise ValueError(f"precedence must list each axis exactly once, got {list(self.precedence)}")
 
 
+# The reference's OpenCompass configs for the paper's eight benchmarks (Word2VecT/Middo scripts/eval_llama.sh).
+PAPER_OPENCOMPASS_DATASETS = (
+    "mmlu_zero_shot_gen_47e2c0",
+    "IFEval_gen_3321a3",
+    "gsm8k_gen_1d7fe4",
+    "math_gen_265cce",
+    "humaneval_gen_8e312c",
+    "mbpp_gen_830460",
+    "hellaswag_gen_6faab5",
+    "gpqa_openai_simple_evals_gen_5aeece",
+)
+
+
+@dataclass(frozen=True)
+class LmEvalConfig:
+    include_path: str = knob(
+        "configs/lm_eval", "Folder of extra lm-eval task YAMLs (the offline tasks shipped here); '' for none."
+    )
+    batch_size: int = knob(1, "lm-eval batch size.", ge=1)
+    chat_template: bool = knob(True, "Wrap prompts in the checkpoint's chat template (the paper evaluates chat).")
+
+
+@dataclass(frozen=True)
+class OpenCompassConfig:
+    python: str = knob(
+        "",
+        "Python of YOUR OpenCompass environment (e.g. ~/opencompass-env/bin/python): OpenCompass pins numpy/torch "
+        "versions that break this project's env, so it always runs in its own.",
+    )
+    datasets: tuple[str, ...] = knob(PAPER_OPENCOMPASS_DATASETS, "OpenCompass dataset configs (the paper's eight).")
+    work_dir: str = knob(".cache/opencompass", "Where OpenCompass writes its predictions, results and summaries.")
+    backend: Literal["vllm", "hf"] = knob("vllm", "OpenCompass model type: vllm (as the paper) or hf.")
+    max_out_len: int = knob(4096, "Longest answer (the paper: 4096).", ge=1)
+    batch_size: int = knob(16, "OpenCompass batch size.", ge=1)
+    tensor_parallel: int = knob(1, "GPUs per model (vLLM tensor parallel size).", ge=1)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    suites: tuple[Literal["humaneval", "math500", "ifbench", "gsm8k", "hellaswag", "truthfulqa"], ...] = knob(
-        ("gsm8k", "hellaswag", "truthfulqa", "humaneval", "math500", "ifbench"), "Benchmark suites to run (offline)."
+    backend: Literal["builtin", "lm-eval", "opencompass"] = knob(
+        "builtin",
+        "builtin: middo's offline suites (eval.suites); lm-eval: lm-evaluation-harness tasks (eval.tasks) on the "
+        "round's checkpoint; opencompass: the paper's harness, run in your own OpenCompass env (eval.opencompass).",
     )
-    limit: int = knob(0, "Items per suite (0 = all, a measurement); a handful is a smoke check on CPU.", ge=0)
+    suites: tuple[Literal["humaneval", "math500", "ifbench", "gsm8k", "hellaswag", "truthfulqa", "mmlu"], ...] = knob(
+        ("gsm8k", "hellaswag", "truthfulqa", "humaneval", "math500", "ifbench", "mmlu"),
+        "builtin backend: benchmark suites to run (offline).",
+    )
+    limit: int = knob(0, "Items per suite/task (0 = all, a measurement); a handful is a smoke check on CPU.", ge=0)
     max_new_tokens: int = knob(256, "Greedy generation length for generative suites.", ge=1)
+    mmlu_mode: Literal["generate", "loglik"] = knob(
+        "generate",
+        "mmlu: generate (answer letter extracted from a greedy reply, as the paper's OpenCompass config) or loglik "
+        "(the most likely of the four letters).",
+    )
+    bootstrap: int = knob(
+        1000, "Bootstrap resamples for the average's 95% interval and the round-vs-round noise test.", ge=100
+    )
+    tasks: tuple[str, ...] = knob((), "lm-eval backend: harness task names (e.g. middo_gsm8k_local, or hub tasks).")
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+    opencompass: OpenCompassConfig = field(default_factory=OpenCompassConfig)
 
 
 @dataclass(frozen=True)
@@ -227,6 +329,8 @@ def _type_name(tp: Any) -> str:
 
 def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     origin = get_origin(tp)
+    if tp is Any:  # free-form passthrough (e.g. a request's extra body): any YAML value
+        return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)
     if origin is Literal:
@@ -303,8 +407,14 @@ def cross_field_problems(params: Params) -> list[str]:
         if parent not in known:
             have = ", ".join(str(r) for r in sorted(known))
             problems.append(f"rounds.{key}: refines round {parent}, which does not exist (rounds: {have})")
-    if not params.eval.suites:
+    if params.eval.backend == "builtin" and not params.eval.suites:
         problems.append("eval.suites: must name at least one suite")
+    if params.eval.backend == "lm-eval" and not params.eval.tasks:
+        problems.append("eval.tasks: must name at least one lm-eval task (eval.backend: lm-eval)")
+    if params.eval.backend == "opencompass" and not params.eval.opencompass.python:
+        problems.append(
+            "eval.opencompass.python: must name the python of your OpenCompass env (eval.backend: opencompass)"
+        )
     k = params.diagnose.diversity.k
     if 0 < params.data.limit <= k:
         problems.append(

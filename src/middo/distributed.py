@@ -5,6 +5,9 @@ dataset and takes every ``world``-th batch. Each sample is then computed in exac
 padding) it would get in a single process, so merged scores are bit-identical to a one-process run with the same
 thread count, and the merge is a plain sum in which every position has exactly one non-zero contributor.
 
+Training is sharded by the trainer itself (accelerate's data-parallel loader); what it needs from here is
+:func:`atomic_dir_on_main`, so that N processes leave one checkpoint folder, renamed into place once.
+
 Nothing here is a scheduler: one machine's processes share the work evenly. Past one machine the documented path is
 an existing engine (vLLM data-parallel serving behind the ``openai`` teacher, or Ray Data), see docs/scaling.md.
 Data between processes moves as tensors and JSON bytes, never pickle.
@@ -12,14 +15,18 @@ Data between processes moves as tensors and JSON bytes, never pickle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
+
+from middo.dataio.atomic import atomic_dir
 
 T = TypeVar("T")
 
@@ -100,18 +107,43 @@ def _cpu_group():
     return _GROUP
 
 
-def from_env() -> Shard:
+def from_env(backend: str | None = None) -> Shard:
     """The shard described by torchrun's environment (``RANK``, ``WORLD_SIZE``); joins the process group once.
 
     A plain ``python`` run (no ``WORLD_SIZE``, or 1) is the single-process shard and touches no process group.
+
+    Args:
+        backend: the process group's backend; None: ``nccl`` where CUDA is available, else ``gloo``. Training on
+            the CPU of a GPU machine passes ``gloo``: the trainer (accelerate, DeepSpeed) then joins this group.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Shard()
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         torch.distributed.init_process_group(backend=backend)
     return Shard(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+@contextlib.contextmanager
+def atomic_dir_on_main(path: str | os.PathLike[str], shard: Shard) -> Iterator[Path]:
+    """:func:`~middo.dataio.atomic.atomic_dir` for a folder that every process takes part in saving.
+
+    DeepSpeed ZeRO-3 gathers the weights from all ranks while rank 0 alone writes them, so every rank must be handed
+    the same temp folder: rank 0 makes it and tells the others, waits until all are done, then does the one rename;
+    no rank leaves before the folder is in place. A failure on any rank ends the torchrun job (rank 0's temp folder
+    is removed when its exception reaches here; a worker killed outright leaves a dot-folder beside ``path``).
+    """
+    if shard.world == 1:
+        with atomic_dir(path) as target:
+            yield target
+        return
+    with contextlib.ExitStack() as stack:
+        mine = str(stack.enter_context(atomic_dir(path))) if shard.is_main else None
+        target = Path(shard.gather_json(mine)[0])
+        yield target
+        shard.barrier()  # every rank has finished writing before rank 0 renames
+    shard.barrier()  # and none goes on to read `path` before the rename
 
 
 def local_device(name: str) -> str:

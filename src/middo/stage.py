@@ -19,7 +19,8 @@ from middo.errors import MiddoError
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """An argument parser described by the stage's docstring, with the shared ``--params`` option."""
-    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    first = doc.strip().splitlines()[0].replace("``", "") if doc else None  # --help is plain text, not reST
+    ap = argparse.ArgumentParser(description=first)
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return ap
 

@@ -3,6 +3,10 @@
 Each round trains from the *base* model (as the paper does), so rounds differ only by their data. Samples go to TRL
 in its conversational prompt/completion form: TRL applies the chat template and masks the prompt, so the loss falls
 on the response tokens only, the same tokens the complexity signal scores.
+
+Under torchrun (``base.processes``, or ``accelerate launch``) each process takes its share of every batch (so the
+effective batch is ``batch_size * grad_accum * processes``) and the checkpoint is saved through the trainer, which
+gathers DeepSpeed ZeRO-3 shards on every rank and writes on rank 0 alone, into one temp folder renamed once.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from middo.config import TrainConfig
-from middo.dataio.atomic import atomic_dir, atomic_write_text
+from middo.dataio.atomic import atomic_write_text
 from middo.device import resolve_device, resolve_dtype
+from middo.distributed import Shard, atomic_dir_on_main, from_env, local_device
 from middo.errors import MiddoError
-from middo.modeling import load_tokenizer
+from middo.modeling import load_tokenizer, merged_adapter_model, record_adapter_base
 from middo.optional import require
 from middo.provenance import device_name, environment
 from middo.records import Record
@@ -92,13 +99,6 @@ def build_trainer(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(base_model, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        base_model,
-        dtype=torch.float32 if dt == torch.float16 else dt,
-        local_files_only=True,
-        attn_implementation=cfg.attn_implementation,
-        trust_remote_code=trust_remote_code,
-    )
     peft_config = None
     if cfg.lora.enabled:
         from peft import LoraConfig
@@ -135,13 +135,95 @@ def build_trainer(
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every weight (or adapter) takes part in the loss; skips a graph walk
         # explicit: TRL's SFTConfig turns checkpointing ON by default (transformers 5 name; the old one warns)
         activation_checkpointing=cfg.gradient_checkpointing,
+    )
+    if cfg.deepspeed and torch.distributed.is_initialized():
+        import deepspeed  # DeepSpeed's own view of the process group: ZeRO-3 sizes its shards by it at load time
+
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+    # after the arguments: with a ZeRO-3 config they make from_pretrained load each rank's shard only (zero.Init)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model,
+        dtype=torch.float32 if dt == torch.float16 else dt,
+        local_files_only=True,
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=trust_remote_code,
     )
     dataset = Dataset.from_list(to_prompt_completion(records))
     return SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
+
+
+class LiveCurves(TrainerCallback):
+    """Training curves for DVC, written with DVCLive into one folder: ``plots/metrics/{loss,learning_rate,tokens}.tsv``
+    (one row per logging step, indexed by optimizer step) and the last values in ``metrics.json``.
+
+    Rank 0 alone writes. DVCLive leaves dvc.yaml, git and experiments alone (dvc.yaml declares the folder) and makes
+    no HTML report. ``tokens`` counts the non-padding tokens trained on since the previous row, over all processes.
+    Every file is the same on every identical run (no timestamps, no throughput: wall time goes to the stage's
+    ``train.json``), so DVC's hashes of the folder are too.
+    """
+
+    def __init__(self, live_dir: str | Path):
+        self.live_dir = Path(live_dir)
+        self.live = None
+        self.tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from dvclive import Live
+
+            self.live = Live(str(self.live_dir), report=None, save_dvc_exp=False, dvcyaml=None)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.live is None or "loss" not in (logs or {}):  # the end-of-training summary has no "loss"
+            return
+        tokens = int(logs.get("num_tokens", self.tokens))  # TRL's running count, summed over processes
+        self.live.step = state.global_step
+        self.live.log_metric("loss", logs["loss"])
+        self.live.log_metric("learning_rate", logs["learning_rate"])
+        self.live.log_metric("tokens", tokens - self.tokens)
+        self.live.make_summary()
+        self.tokens = tokens
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.live is not None:
+            self.live.end()
+
+
+def save_checkpoint(
+    trainer, target: Path, final: Path, base_model: str | Path, cfg: TrainConfig, shard: Shard, trust_remote_code: bool
+) -> None:
+    """Write the trained model into ``target`` (to be renamed ``final``); called on every process.
+
+    Everything goes through ``trainer.save_model``, which under ZeRO-3 gathers the 16-bit weights from every rank
+    (``stage3_gather_16bit_weights_on_model_save``) and writes on rank 0 only. LoRA saves the adapter; with
+    ``lora.merge`` rank 0 then merges it into a fresh copy of the base (the same code that loads adapter rounds),
+    otherwise the folder keeps the adapter and the tokenizer, its base recorded relative to ``final``.
+    """
+    merge = cfg.lora.enabled and cfg.lora.merge
+    saved = target.parent / "adapter" if merge else target
+    trainer.save_model(str(saved))
+    if not shard.is_main:
+        return
+    # a pickle of the arguments (temp paths and all): neither safe to load nor the same on two identical runs
+    (saved / "training_args.bin").unlink(missing_ok=True)
+    if not cfg.lora.enabled:
+        return
+    (saved / "README.md").unlink(missing_ok=True)  # peft's model card names the base by its path on this machine
+    if merge:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()  # one process loads the base whole: no ZeRO-3 partitioned init (it would wait)
+        dtype = trainer.model.get_base_model().dtype  # as trained (the LoRA weights themselves may be float32)
+        model = merged_adapter_model(saved, base_model, dtype, trust_remote_code)
+        model.save_pretrained(target)
+        trainer.processing_class.save_pretrained(target)
+    else:
+        record_adapter_base(target, base_model, final)
 
 
 def train_sft(
@@ -155,15 +237,21 @@ def train_sft(
     trust_remote_code: bool,
     metrics_path: str | Path | None = None,
     data_path: str | Path | None = None,
+    live_dir: str | Path | None = None,
 ) -> dict:
     """Fine-tune and write ``out_dir`` (safetensors, tokenizer, ``train_metrics.json``) atomically.
 
     The checkpoint folder holds only what is the same on every identical run (weights, losses, counts), so two
     clean ``dvc repro`` runs give the same hash; wall time and throughput go to ``metrics_path`` (a DVC metric),
-    as ``{"train": scalars, "env": versions, device and dtype used}``.
+    as ``{"train": scalars, "env": versions, device and dtype used}``. With ``lora.merge: false`` the folder holds
+    the adapter instead of a full model (:func:`middo.modeling.load_model` loads either).
 
     Args:
         data_path: the file ``records`` came from; only named in errors.
+        live_dir: where :class:`LiveCurves` writes the training curves (None: not logged).
+
+    Returns:
+        The metrics on rank 0; an empty dict on the other ranks of a torchrun job (they write nothing).
 
     Raises:
         MiddoError: no records, or none with a response token left after truncation to ``train.max_length``
@@ -172,20 +260,23 @@ def train_sft(
     where = data_path or "train"  # the stage passes the file; a caller with records in memory gets the stage name
     if not records:
         raise MiddoError(f"{where}: the dataset is empty (0 records); nothing to train on")
-    with atomic_dir(out_dir) as target:
+    device = local_device(device)  # under torchrun each process drives cuda:LOCAL_RANK
+    # join the process group first (gloo for CPU training, even where CUDA exists); the trainer reuses it
+    shard = from_env("gloo" if resolve_device(device).type == "cpu" else None)
+    with atomic_dir_on_main(out_dir, shard) as target:
         trainer = build_trainer(
             records, base_model, target.parent / "trainer", cfg, seed, device, dtype, trust_remote_code
         )
         check_trainable(trainer, len(records), where, cfg)
+        if live_dir is not None:
+            trainer.add_callback(LiveCurves(live_dir))
         env = environment(device=device_name(trainer.args.device), dtype=_precision(trainer.args))
         start = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - start
-        model = trainer.model
-        if cfg.lora.enabled:
-            model = model.merge_and_unload()
-        model.save_pretrained(target)
-        trainer.processing_class.save_pretrained(target)
+        save_checkpoint(trainer, target, Path(out_dir), base_model, cfg, shard, trust_remote_code)
+        if not shard.is_main:
+            return {}
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         # tokens actually seen (TRL logs a running count); max_steps can stop before the epoch ends
         seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
@@ -194,6 +285,8 @@ def train_sft(
             "samples": len(records),
             # TRL drops samples whose response was cut off entirely by max_length; count them, never hide them
             "dropped_fully_truncated": len(records) - len(trainer.train_dataset),
+            "processes": shard.world,
+            "effective_batch_size": cfg.batch_size * cfg.grad_accum * shard.world,
             "steps": trainer.state.global_step,
             "train_loss": result.training_loss,
             "first_loss": losses[0] if losses else None,

@@ -59,6 +59,11 @@ def test_round_outputs(base_model_dir, tmp_path):
         assert len(flagged) == summary["flagged"][axis]
     assert "bee" in table.filter(pl.col("flag_diversity"))["id"].to_list()
     assert (out / "hist_knn_sim.png").stat().st_size > 1000
+    assert (out / "embedding_map.png").stat().st_size > 1000
+    mapped = json.loads((out / "embedding_map.json").read_text())
+    assert [r["id"] for r in mapped] == [r.id for r in SAMPLES]
+    assert [r["sparse"] for r in mapped] == table["flag_diversity"].to_list()
+    assert mapped[0]["x"] == pytest.approx(mapped[1]["x"], abs=1e-3)  # exact duplicates share a point
     saved = json.loads((tmp_path / "diagnose.json").read_text())["diagnose"]
     assert saved["n"] == len(SAMPLES)
     assert set(saved["quality"]["agreement"]) == {"n", "within_tolerance", "pearson", "spearman"}

@@ -1,23 +1,88 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from middo.errors import MiddoError
-from middo.evaluate import SUITES, evaluate_model
 from middo.evaluate.generation import batch_choice_loglik, chat_ids, choice_loglik
 from middo.evaluate.items import select_items, summarize
-from middo.evaluate.suite import details_path
+from middo.evaluate.suite import SUITES, Suite, details_path, evaluate_model
 from middo.provenance import PACKAGES
 
 
 def test_suite_table_names():
-    assert list(SUITES) == ["humaneval", "math500", "ifbench", "gsm8k", "hellaswag", "truthfulqa"]
+    assert list(SUITES) == ["humaneval", "math500", "ifbench", "gsm8k", "hellaswag", "truthfulqa", "mmlu"]
 
 
 def test_unknown_suite_is_refused_before_loading_anything(tmp_path):
-    with pytest.raises(MiddoError, match="unknown suite.*'mmlu'.*known suites: humaneval, math500"):
-        evaluate_model(tmp_path / "no-model", ["gsm8k", "mmlu"], 2, tmp_path / "eval.json", "cpu", "float32", 8, 42)
+    with pytest.raises(MiddoError, match="unknown suite.*'nosuch'.*known suites: humaneval, math500"):
+        evaluate_model(
+            tmp_path / "no-model",
+            ["gsm8k", "nosuch"],
+            2,
+            tmp_path / "eval.json",
+            "cpu",
+            "float32",
+            8,
+            42,
+            bootstrap=100,
+        )
+
+
+def test_options_that_a_suite_does_not_take_are_refused_before_loading_anything(tmp_path):
+    with pytest.raises(MiddoError, match=r"suite gsm8k: options \['mode'\] do not fit its score\(\)"):
+        evaluate_model(
+            tmp_path / "no-model",
+            ["gsm8k"],
+            2,
+            tmp_path / "eval.json",
+            "cpu",
+            "float32",
+            8,
+            42,
+            bootstrap=100,
+            suite_options={"gsm8k": {"mode": "loglik"}},
+        )
+
+
+def _fake_suite(flags, seen=None):
+    def load(limit, seed):
+        return [{"id": f"q{i}"} for i in range(len(flags))]
+
+    def score(lm, items, max_new_tokens=0, **options):
+        if seen is not None:
+            seen.update(options)
+        return summarize([{"id": it["id"], "correct": bool(f)} for it, f in zip(items, flags, strict=True)])
+
+    return Suite(load, score, "none")
+
+
+def test_evaluate_model_writes_intervals_and_passes_suite_options(tmp_path, monkeypatch):
+    # fake suites and no model: what is tested is the bookkeeping around the scores, in milliseconds
+    seen_a, seen_b = {}, {}
+    monkeypatch.setitem(SUITES, "fake_a", _fake_suite([1, 0, 1, 0], seen_a))
+    monkeypatch.setitem(SUITES, "fake_b", _fake_suite([1] * 10, seen_b))
+    lm = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32)
+    monkeypatch.setattr("middo.modeling.load_model", lambda *args, **kwargs: lm)
+    out = tmp_path / "eval.json"
+    options = {"fake_a": {"mode": "loglik"}, "mmlu": {"mode": "generate"}}  # mmlu is not run: its options are unused
+    result = evaluate_model(
+        tmp_path, ["fake_a", "fake_b"], 0, out, "cpu", "float32", 8, 42, bootstrap=300, suite_options=options
+    )
+    assert seen_a == {"mode": "loglik"} and seen_b == {}
+    metrics = json.loads(out.read_text())
+    metrics.pop("env")
+    assert set(metrics) == {"accuracy", "average", "n", "interval"}
+    assert metrics["interval"]["fake_a"] == {"low": 0.15, "high": 0.85}  # Wilson 2/4
+    assert metrics["interval"]["fake_b"] == {"low": 0.7225, "high": 1.0}  # Wilson 10/10
+    avg = metrics["interval"]["average"]
+    assert avg["low"] <= metrics["average"] == 0.75 <= avg["high"]
+    assert {k: result[k] for k in metrics} == metrics
+    again = evaluate_model(
+        tmp_path, ["fake_a", "fake_b"], 0, tmp_path / "b.json", "cpu", "float32", 8, 42, bootstrap=300
+    )
+    assert again["interval"] == metrics["interval"]  # seeded
 
 
 def test_selection_is_seeded_and_stable():
@@ -50,13 +115,17 @@ def test_choice_loglik_matches_full_forward(scoring_model, one_torch_thread):
 @pytest.mark.slow
 def test_evaluate_model_writes_flat_metrics(base_model_dir, tmp_path, one_torch_thread):
     out = tmp_path / "metrics" / "eval_round_0.json"
-    result = evaluate_model(base_model_dir, ["hellaswag", "gsm8k"], 2, out, "cpu", "float32", 32, 42)
+    result = evaluate_model(base_model_dir, ["hellaswag", "gsm8k"], 2, out, "cpu", "float32", 32, 42, bootstrap=200)
     metrics = json.loads(out.read_text())
     env = metrics.pop("env")
     assert set(env) == {"python", *PACKAGES, "device", "dtype"}
     assert (env["device"], env["dtype"]) == ("cpu", "float32")
-    assert set(metrics) == {"accuracy", "average", "n"}
+    assert set(metrics) == {"accuracy", "average", "n", "interval"}
     assert set(metrics["accuracy"]) == {"hellaswag", "gsm8k"} and metrics["n"] == {"hellaswag": 2, "gsm8k": 2}
+    assert set(metrics["interval"]) == {"hellaswag", "gsm8k", "average"}
+    for suite, bounds in metrics["interval"].items():
+        value = metrics["average"] if suite == "average" else metrics["accuracy"][suite]
+        assert bounds["low"] <= value <= bounds["high"]
     assert all(0.0 <= a <= 1.0 for a in metrics["accuracy"].values())
     assert metrics["average"] == pytest.approx(sum(metrics["accuracy"].values()) / 2)
     assert {k: result[k] for k in metrics} == metrics

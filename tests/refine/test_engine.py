@@ -2,11 +2,13 @@
 real local teacher (the default model, in-process, greedy) for the wiring."""
 
 import dataclasses
+import json
 
 import pytest
 from scripted_teacher import NEW_PROMPT, ScriptedTeacher, answer_to
 
 from middo.records import Record, content_id
+from middo.refine import prompts
 from middo.refine.engine import refine_records
 from middo.refine.merge import OPS, assign_axes, overlaps
 from middo.refine.prompts import ANSWER, answer_prompt, rewrite_prompt
@@ -334,6 +336,37 @@ def test_analysis_without_a_final_block_is_never_used():
 def test_an_unknown_merge_rule_is_refused():
     with pytest.raises(ValueError, match="merge must be 'reference' or 'precedence', got 'paper'"):
         _refine(RECORDS, ONE_EACH, ScriptedTeacher(), merge="paper")
+
+
+class JsonTeacher(ScriptedTeacher):
+    """Structured output: rewrites asked with a schema come back as JSON; keeps every call's sampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.samplings = []
+
+    def complete(self, batch, sampling):
+        self.samplings.append(sampling)
+        replies = super().complete(batch, sampling)
+        if sampling.response_schema is None:
+            return replies
+        parsed = [prompts.parse_prompt(r, fallback=True)[0] for r in replies]
+        return [json.dumps({"analysis": "Step 1 - Difficulties: none.", "prompt": p}) for p in parsed]
+
+
+def test_structured_output_is_asked_of_the_rewrites_only_and_its_json_is_read():
+    teacher = JsonTeacher()
+    sampling = Sampling(temperature=1.0, response_schema=prompts.rewrite_schema())
+    res = refine_records(RECORDS, ONE_EACH, teacher, sampling, round_=1, merge="reference")
+    rewrites, answers = teacher.samplings
+    assert rewrites == sampling and answers == dataclasses.replace(sampling, response_schema=None)
+    by_id = {r.id: r for r in RECORDS}
+    children = {r.parent_id: r for r in res.records if r.parent_id}
+    for rid, op in (("hard", "simplify"), ("poor", "improve"), ("rare", "diversify")):
+        assert children[rid].instruction == NEW_PROMPT[op](by_id[rid].prompt_text)
+        assert children[rid].output == answer_to(children[rid].instruction)
+    assert {c["status"] for c in res.changes} == {"ok"} and res.report["added"] == 3
+    _assert_counts_add_up(res, RECORDS)
 
 
 class Recording:

@@ -1,4 +1,7 @@
-"""The teacher prompts (what each shows the teacher, and that the cache version covers them) and the reply parser."""
+"""The teacher prompts (what each shows the teacher, and that the cache version covers them) and the reply parser,
+for tagged text and for structured (JSON) replies."""
+
+import json
 
 import pytest
 
@@ -7,11 +10,13 @@ from middo.refine.prompts import (
     ANSWER,
     DIVERSIFY,
     IMPROVE,
+    REWRITE_SCHEMA,
     SIMPLIFY,
     answer_prompt,
     echoes_template,
     parse_prompt,
     rewrite_prompt,
+    rewrite_schema,
 )
 
 MULTI_STEP = """Step 1 - Difficulties: the prompt mixes two tasks.
@@ -120,3 +125,47 @@ def test_a_refusal_falls_back_to_the_whole_reply_for_validation_to_judge():
     refusal = "I'm sorry, but I can't help with that."
     assert parse_prompt(refusal, fallback=True) == (refusal, "fallback")
     assert parse_prompt(refusal, fallback=False) == (None, "unparseable: no <prompt> block")
+
+
+NO_PROMPT, CUT_OFF = (
+    'unparseable: JSON reply without a "prompt" string',
+    "unparseable: JSON reply cut off or malformed",
+)
+
+
+@pytest.mark.parametrize(
+    "reply,fallback,expected",
+    [
+        ('{"analysis": "Too much jargon.", "prompt": "Add 2 and 3."}', False, ("Add 2 and 3.", "ok")),
+        ('```json\n{"analysis": "", "prompt": "Add 2 and 3."}\n```', False, ("Add 2 and 3.", "ok")),  # fenced
+        ('{"prompt": "Add 2 and 3."}', True, ("Add 2 and 3.", "ok")),  # the analysis is not needed to parse
+        # the templates ask for tags, and a constrained teacher may still write them inside the field
+        ('{"analysis": "x", "prompt": "Step 4 - Final prompt: <prompt>Add 2 and 3.</prompt>"}', False,
+         ("Add 2 and 3.", "ok")),
+        ('{"analysis": "x", "prompt": "<prompt>Add 2 and 3."}', False, ("Add 2 and 3.", "ok")),
+        ('{"analysis": "x", "prompt": "  "}', False, (None, 'unparseable: empty "prompt" in the JSON reply')),
+        ('{"analysis": "x", "answer": "Add 2 and 3."}', True, (None, NO_PROMPT)),
+        ('{"analysis": "x", "prompt": 5}', True, (None, NO_PROMPT)),
+        # cut off by max_new_tokens mid-JSON: never read as text, whatever it holds
+        ('{"analysis": "Step 1 - Difficulties: the prompt', True, (None, CUT_OFF)),
+        ('{"prompt": "<prompt>Add 2 and 3.</prompt>', False, (None, CUT_OFF)),
+        # free text that merely starts with a brace, or JSON that is not an object, is read as text as before
+        ("{1, 2, 3} is a set. List all of its subsets.", True,
+         ("{1, 2, 3} is a set. List all of its subsets.", "fallback")),
+        ('["Add 2 and 3."]', False, (None, "unparseable: no <prompt> block")),
+    ],
+)  # fmt: skip
+def test_parse_prompt_reads_a_structured_reply(reply, fallback, expected):
+    assert parse_prompt(reply, fallback=fallback) == expected
+
+
+def test_the_rewrite_schema_is_strict_and_reasons_before_the_prompt():
+    """Strict mode (OpenAI) needs every property required and no others; constrained decoding writes properties in
+    the order given, so the teacher's steps come before the prompt it commits to."""
+    schema = json.loads(rewrite_schema())
+    assert schema == REWRITE_SCHEMA and schema["title"] == "rewrite"
+    assert list(schema["properties"]) == ["analysis", "prompt"] == schema["required"]
+    assert schema["additionalProperties"] is False
+    assert all(p["type"] == "string" for p in schema["properties"].values())
+    reply = json.dumps({"analysis": "Jargon.", "prompt": "Say plainly what a derivative is."})
+    assert parse_prompt(reply, fallback=False) == ("Say plainly what a derivative is.", "ok")

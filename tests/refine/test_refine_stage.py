@@ -51,6 +51,7 @@ RECORDS = [
 FLAGS = {"hard": "complexity", "poor": "quality", "rare": "diversity"}  # id -> axis, or a tuple of axes
 MAX_FAILED = RefineConfig().max_failed_fraction  # the shipped defaults, not second copies of them
 MERGE = RefineConfig().merge
+SELECTION = RefineConfig().selection
 
 
 def _axes(flag) -> tuple[str, ...]:
@@ -76,7 +77,7 @@ def _inputs(tmp_path: Path, records=RECORDS, flags=FLAGS, neighbors=None) -> tup
     return data, diag
 
 
-def _refine(tmp_path, teacher_cfg, tag="run", max_failed_fraction=MAX_FAILED, merge=MERGE):
+def _refine(tmp_path, teacher_cfg, tag="run", max_failed_fraction=MAX_FAILED, merge=MERGE, selection=SELECTION):
     data, diag = (
         _inputs(tmp_path)
         if not (tmp_path / "diagnosis").exists()
@@ -98,6 +99,7 @@ def _refine(tmp_path, teacher_cfg, tag="run", max_failed_fraction=MAX_FAILED, me
         "float32",
         max_failed_fraction=max_failed_fraction,
         merge=merge,
+        selection=selection,
     )
     return report, read_dataset(out / "train.jsonl").records, metrics
 
@@ -209,6 +211,8 @@ def test_each_operation_succeeds_through_an_openai_server(chat_server, tmp_path)
     assert report["removed_by"] == {"complexity": 1, "quality": 1, "complexity+quality": 1}
     assert report["added_by_axis"] == {"complexity": 2, "diversity": 1, "quality": 2}
     _assert_counts_add_up(report, out)
+    info = json.loads((tmp_path / "run" / "data" / "dataset_info.json").read_text())  # for llamafactory-cli train
+    assert list(info) == ["middo_round_1"] and info["middo_round_1"]["file_name"] == "train.jsonl"
     written = json.loads((metrics / "refine.json").read_text())["refine"]
     assert {k: written[k] for k in ("merge", "size_before", "removed", "added", "kept", "size_after")} == {
         "merge": "reference",

@@ -3,6 +3,7 @@ follows what answers (a model's files, a server's name + URL + revision), not a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -15,7 +16,14 @@ import pytest
 
 from middo.errors import MiddoError
 from middo.teachers import CachedTeacher, Sampling, TeacherUnavailable
-from middo.teachers.cache import FINGERPRINTS, cache_key, local_identity, model_fingerprint, server_identity
+from middo.teachers.cache import (
+    FINGERPRINTS,
+    cache_key,
+    local_identity,
+    model_fingerprint,
+    request_identity,
+    server_identity,
+)
 
 SAMPLING = Sampling(max_new_tokens=16)
 PROMPTS = [f"prompt {i}" for i in range(10)]
@@ -242,3 +250,40 @@ def test_sigkilled_run_resumes_from_finished_calls(tmp_path):
     assert resumed.complete(PROMPTS, SAMPLING) == [f"echo-1:{p}:0.0" for p in PROMPTS]
     assert (resumed.hits, resumed.misses) == (len(stored), 10 - len(stored))
     assert len(inner.sent) == 10 - len(stored)
+
+
+def test_request_settings_change_the_identity_and_empty_ones_add_nothing():
+    base = server_identity("m", "http://h/v1", "")
+    assert request_identity() == request_identity("", {}) == {}  # a teacher without them keeps its old keys
+    identities = [
+        base,
+        {**base, **request_identity("You are a careful editor.")},
+        {**base, **request_identity("", {"chat_template_kwargs": {"enable_thinking": False}})},
+        {**base, **request_identity("", {"chat_template_kwargs": {"enable_thinking": True}})},
+    ]
+    assert len({cache_key(i, VERSION, "p", SAMPLING) for i in identities}) == 4
+    # the extra body is canonical JSON: the order its keys were written in does not matter
+    assert request_identity("", {"a": 1, "b": {"c": 2, "d": 3}}) == request_identity(
+        "", {"b": {"d": 3, "c": 2}, "a": 1}
+    )
+
+
+def test_a_response_schema_is_a_different_request_and_none_keeps_the_old_keys():
+    structured = Sampling(max_new_tokens=16, response_schema='{"type": "object"}')
+    assert cache_key(ECHO, VERSION, "p", structured) != cache_key(ECHO, VERSION, "p", SAMPLING)
+    # the key of a free-text call is what it was before response_schema existed: old caches still answer
+    old_payload = {
+        "teacher": ECHO,
+        "prompt_version": VERSION,
+        "prompt": "p",
+        "sampling": {"max_new_tokens": 16, "temperature": 0.0, "top_p": 1.0, "seed": 42},
+    }
+    blob = json.dumps(old_payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert cache_key(ECHO, VERSION, "p", SAMPLING) == hashlib.sha256(blob.encode()).hexdigest()
+
+
+def test_a_response_schema_must_be_a_json_object():
+    with pytest.raises(MiddoError, match="Sampling.response_schema: not JSON"):
+        Sampling(response_schema="{not json")
+    with pytest.raises(MiddoError, match="Sampling.response_schema: expected a JSON object"):
+        Sampling(response_schema="[1, 2]")

@@ -51,3 +51,13 @@ def test_sampled_replies_repeat_under_the_same_seed_without_any_cache(tiny_teach
     assert all(a != b for a, b in zip(reseeded, first)), (reseeded, first)
     greedy = Sampling(max_new_tokens=8)
     assert tiny_teacher.complete(prompts, greedy) == tiny_teacher.complete(prompts, greedy)
+
+
+def test_the_system_prompt_goes_through_the_chat_template(tiny_teacher):
+    with_system = TransformersTeacher(tiny_teacher.model, "cpu", "float32", system_prompt="You are a careful editor.")
+    shown = with_system.tokenizer.decode(with_system.encode("Name a colour."))
+    assert "You are a careful editor." in shown and shown.index("careful editor") < shown.index("Name a colour.")
+    assert "careful editor" not in tiny_teacher.tokenizer.decode(tiny_teacher.encode("Name a colour."))
+    prompts, plain = ["Name a colour."], Sampling(max_new_tokens=4)
+    schema = Sampling(max_new_tokens=4, response_schema='{"type": "object"}')
+    assert with_system.complete(prompts, schema) == with_system.complete(prompts, plain)  # no constrained decoding

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from middo.dataio.atomic import atomic_open
 from middo.dataio.schema import SCHEMAS, RecordError, build_record, detect_schema, type_name
@@ -28,10 +28,23 @@ _BOM = b"\xef\xbb\xbf"
 _JSON_WS = re.compile(r"[ \t\n\r]*")
 _ESCAPED_BYTE = re.compile(r"[\udc80-\udcff]")  # what errors="surrogateescape" turns undecodable bytes into
 _EXPECTED_SOURCE = "expected a .json / .jsonl / .parquet file or a folder written by datasets' save_to_disk"
+# Parquet key-value metadata that middo's export sets when its ``meta`` column holds JSON text (meta varies per row,
+# which a struct column cannot hold without adding nulls).
+PARQUET_META_KEY = "middo.meta"
+PARQUET_META_JSON = "json"
 
 
 class DatasetError(MiddoError):
     """The dataset as a whole cannot be read; the message names the file, where, and what was expected."""
+
+
+class RecordAdapter(Protocol):
+    """Renames each object's keys to the schema's before the field rules (``apply``: a LLaMA-Factory entry's
+    ``columns``), and a reject reason's field names back to the source's (``explain``)."""
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+
+    def explain(self, reason: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,7 @@ def read_dataset(
     fmt: str = "auto",
     split: str = "train",
     rejects_path: str | os.PathLike[str] | None = None,
+    adapter: RecordAdapter | None = None,
 ) -> ReadResult:
     """Read every record of ``path``, keeping each unusable record as a reject with its reason.
 
@@ -97,6 +111,7 @@ def read_dataset(
         fmt: one of ``auto``, ``alpaca``, ``sharegpt``, ``openai``, ``parquet``, ``hf_disk``.
         split: split to read when the folder holds a ``DatasetDict``.
         rejects_path: where to write the rejects as JSONL; written (atomically) even when there are none.
+        adapter: renames each object's keys before the field rules (and reject reasons back to the source's names).
 
     Raises:
         DatasetError: the file is missing, empty, not UTF-8, not parseable as a whole, or not a dataset.
@@ -107,7 +122,7 @@ def read_dataset(
     container = _container(path, fmt)
     readers = {"jsonl": _jsonl_items, "json": _json_array_items, "parquet": _parquet_items}
     items = _hf_items(path, split) if container == "hf_disk" else readers[container](path)
-    result = _collect(items, fmt if fmt in SCHEMAS else "auto", str(path))
+    result = _collect(items, fmt if fmt in SCHEMAS else "auto", str(path), adapter)
     result.container = container
     _check_usable(result, path, container)
     if rejects_path is not None:
@@ -303,7 +318,24 @@ def _parquet_items(path: Path) -> Iterator[_Item]:
             f"{path}: not a readable Parquet file ({type(e).__name__}: {e}); expected a Parquet "
             "table with one record per row"
         ) from e
-    yield from _row_items(frame.iter_rows(named=True))
+    rows = frame.iter_rows(named=True)
+    if pl.read_parquet_metadata(path).get(PARQUET_META_KEY) == PARQUET_META_JSON:
+        rows = map(_decode_meta, rows)
+    yield from _row_items(rows)
+
+
+def _decode_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """Our export's ``meta`` JSON text back to an object; text that is not one stays as it is (then it is kept as an
+    unknown field, not lost)."""
+    text = row.get("meta")
+    if isinstance(text, str):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return row
+        if isinstance(value, dict):
+            return {**row, "meta": value}
+    return row
 
 
 def _hf_items(path: Path, split: str) -> Iterator[_Item]:
@@ -330,7 +362,7 @@ def _row_items(rows: Iterable[dict[str, Any]]) -> Iterator[_Item]:
         yield _Item(n, f"row {n}", row, row)
 
 
-def _collect(items: Iterable[_Item], schema: str, source: str) -> ReadResult:
+def _collect(items: Iterable[_Item], schema: str, source: str, adapter: RecordAdapter | None = None) -> ReadResult:
     """Apply the field rules to every item; ``auto`` resolves to the schema of the first object seen."""
     result = ReadResult(records=[], source=source)
     seen: dict[str, str] = {}
@@ -344,11 +376,12 @@ def _collect(items: Iterable[_Item], schema: str, source: str) -> ReadResult:
                 raise item.error
             if not isinstance(item.obj, dict):
                 raise RecordError("not_object", f"expected a JSON object, got {type_name(item.obj)}")
+            obj = item.obj if adapter is None else adapter.apply(item.obj)
             if schema == "auto":
-                schema = detect_schema(item.obj)
-            record = build_record(item.obj, schema)
+                schema = detect_schema(obj)
+            record = build_record(obj, schema)
             if record.id in seen:
-                if item.obj.get("id") is None:  # the id was derived from the content: the same record again
+                if obj.get("id") is None:  # the id was derived from the content: the same record again
                     raise RecordError("duplicate", f"exact duplicate of {seen[record.id]}")
                 raise RecordError(
                     "duplicate_id",
@@ -357,7 +390,8 @@ def _collect(items: Iterable[_Item], schema: str, source: str) -> ReadResult:
             seen[record.id] = item.where
             result.records.append(record)
         except RecordError as e:
-            result.rejects.append(Reject(source, item.line, f"{item.where}: {e}", _raw_text(item.raw), e.kind))
+            reason = str(e) if adapter is None else adapter.explain(str(e))
+            result.rejects.append(Reject(source, item.line, f"{item.where}: {reason}", _raw_text(item.raw), e.kind))
     result.fmt = "alpaca" if schema == "auto" else schema
     return result
 

@@ -59,9 +59,9 @@ def build_record(obj: dict[str, Any], schema: str) -> Record:
         system = _optional_text(obj, "system")
         history = _history(obj.get("history"))
     elif schema in CONVERSATION_KEY:
-        known = frozenset({CONVERSATION_KEY[schema], "id", "system", "meta", *LINEAGE})
-        system, history, instruction, output = _conversation(obj, schema)
-        input_ = ""
+        system, history, prompt, output = _conversation(obj, schema)
+        instruction, input_ = _split_input(prompt, obj.get("input"))
+        known = frozenset({CONVERSATION_KEY[schema], "id", "system", "meta", *LINEAGE, *(["input"] if input_ else [])})
     else:
         raise ValueError(f"unknown schema {schema!r}; expected one of {', '.join(SCHEMAS)}")
     lineage = _lineage(obj)
@@ -132,6 +132,20 @@ def _history(value: Any) -> tuple[tuple[str, str], ...]:
         assistant = _text(pair[1], f"field 'history[{i}][1]'", nonempty=True)
         pairs.append((user, assistant))
     return tuple(pairs)
+
+
+def _split_input(prompt: str, value: Any) -> tuple[str, str]:
+    """Instruction and input of a conversation's last user turn.
+
+    middo's ShareGPT / OpenAI exports keep an Alpaca ``input`` beside the conversation, whose last user turn is
+    ``instruction + "\\n" + input`` (how LLaMA-Factory joins them), so the two split back apart. An ``input`` that
+    does not end that turn is just another unknown field.
+    """
+    if isinstance(value, str) and value and prompt.endswith("\n" + value):
+        head = prompt[: -len(value) - 1]
+        if head.strip():
+            return head, value
+    return prompt, ""
 
 
 def _conversation(obj: dict[str, Any], schema: str) -> tuple[str, tuple[tuple[str, str], ...], str, str]:

@@ -19,6 +19,7 @@ from middo.dataio.writers import read_records
 from middo.diagnose.batching import windows
 from middo.diagnose.complexity import response_losses, tokenize_for_loss
 from middo.diagnose.diversity import knn_similarity, neighbour_ids, prompt_embeddings
+from middo.diagnose.embedding_map import write_embedding_map
 from middo.diagnose.quality import JUDGEMENTS, QualityResult, agreement, judge_generate, judge_logits
 from middo.diagnose.thresholds import flag_complexity, flag_diversity, flag_quality
 from middo.distributed import Shard, from_env, local_device
@@ -143,6 +144,8 @@ def diagnose_dataset(
     """Score every record of ``data_path`` and write ``out_dir/{scores.parquet, flagged_*.jsonl, *.png}``.
 
     ``max_length`` is the training cut (``train.max_length``): losses are measured on the tokens training sees.
+    ``embeddings.npy`` (float16) and ``embedding_map.{json,png}`` show where the samples sit, sparse ones and ones
+    earlier rounds' teacher wrote marked (:mod:`middo.diagnose.embedding_map`).
     ``scores.parquet`` has one row per record: the signals, the six quality judgements, the flags, and
     ``neighbors``, the ids of the record's ``k`` nearest neighbours by prompt embedding (most similar first), which
     refining gives the teacher as hints.
@@ -251,6 +254,15 @@ def diagnose_dataset(
         "score 0-10",
     )
 
+    emb_map = write_embedding_map(
+        emb,
+        ids,
+        [r.op for r in records],
+        flags_d,
+        out_dir,
+        f"Prompt embeddings, {len(records)} samples (PCA)",
+    )
+
     any_flag = flags_c | flags_d | flags_q
     summary = {
         "n": len(records),
@@ -272,6 +284,7 @@ def diagnose_dataset(
         },
         "quality": quality_info,
         "k": k,
+        "embedding_map": emb_map,
     }
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(summary_path, json.dumps({"diagnose": summary, "env": env}, indent=2) + "\n")

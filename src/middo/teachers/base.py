@@ -7,6 +7,7 @@ reply never costs the rest of a long run; only an unreachable server stops the r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -26,12 +27,17 @@ class Sampling:
         temperature: 0 means greedy (reproducible); above 0 samples.
         top_p: nucleus sampling mass (only used when sampling).
         seed: seeds sampling, so a sampled run can be repeated where the backend allows it.
+        response_schema: structured output: the JSON Schema (as JSON text, so the settings stay hashable) every
+            reply must match, its ``title`` naming it; ``None`` for free text. Backends that can constrain decoding
+            (openai: ``response_format`` json_schema; vllm: structured outputs) do; others ignore it, so the caller
+            must still accept free text.
     """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 42
+    response_schema: str | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -40,10 +46,26 @@ class Sampling:
             raise MiddoError(f"Sampling.temperature: expected >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise MiddoError(f"Sampling.top_p: expected a value in (0, 1], got {self.top_p}")
+        if self.response_schema is not None and not isinstance(self.schema, dict):
+            raise MiddoError(f"Sampling.response_schema: expected a JSON object, got {self.response_schema!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def schema(self) -> dict | None:
+        """``response_schema`` parsed, or None (free text).
+
+        Raises:
+            MiddoError: ``response_schema`` is not JSON.
+        """
+        if self.response_schema is None:
+            return None
+        try:
+            return json.loads(self.response_schema)
+        except ValueError as exc:
+            raise MiddoError(f"Sampling.response_schema: not JSON ({exc}): {self.response_schema[:80]!r}") from None
 
 
 @runtime_checkable

@@ -1,12 +1,13 @@
 """A content-addressed cache in front of any teacher, so a rerun (or a resumed, killed run) never pays twice.
 
-Each call is keyed by what determines its answer: the teacher's identity (for a local model the hash of its weight
-and tokenizer files, not its path, so a new model at ``models/base`` is asked afresh; for a server its model name,
-URL and the configured revision), the version of the prompt templates, the prompt and every sampling field. One small
-JSON file per call, written atomically, means a process killed mid-run leaves only complete entries behind, and two
-runs sharing a cache directory cannot corrupt each other. Misses go to the inner teacher in chunks and each chunk is
-stored as soon as it returns, so a kill loses at most one chunk of work. Failed calls (``None``) are not stored, so
-the next run retries them.
+Each call is keyed by what determines its answer: the teacher's identity (for a local model the hash of its weight and
+tokenizer files, not its path, so a new model at ``models/base`` is asked afresh; for a server its model name, URL and
+the configured revision; for both, the system prompt and extra request fields when set), the version of the prompt
+templates, the prompt and every sampling field (a structured-output schema included). One small JSON file per call,
+written atomically, means a process killed mid-run leaves only complete entries behind, and two runs sharing a cache
+directory cannot corrupt each other. Misses go to the inner teacher in chunks and each chunk is stored as soon as it
+returns, so a kill loses at most one chunk of work. Failed calls (``None``) are not stored, so the next run retries
+them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from middo.dataio.atomic import atomic_write_text
 from middo.errors import MiddoError
@@ -33,12 +35,16 @@ FINGERPRINTS = "fingerprints.json"  # memo under the cache dir: folder -> file s
 
 
 def cache_key(identity: Mapping[str, str], prompt_version: str, prompt: str, sampling: Sampling) -> str:
-    """sha256 of the canonical JSON of everything that determines the reply."""
+    """sha256 of the canonical JSON of everything that determines the reply.
+
+    An unset ``response_schema`` (free text) is left out, so the caches written before it existed stay valid.
+    """
+    fields = {k: v for k, v in asdict(sampling).items() if not (k == "response_schema" and v is None)}
     payload = {
         "teacher": dict(identity),
         "prompt_version": prompt_version,
         "prompt": prompt,
-        "sampling": asdict(sampling),
+        "sampling": fields,
     }
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
@@ -47,6 +53,18 @@ def cache_key(identity: Mapping[str, str], prompt_version: str, prompt: str, sam
 def server_identity(model: str, base_url: str, revision: str) -> dict[str, str]:
     """A served teacher is known only by name, so the user's ``revision`` marks a change of weights behind it."""
     return {"backend": "openai", "model": model, "base_url": base_url.rstrip("/"), "revision": revision}
+
+
+def request_identity(system_prompt: str = "", extra_body: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """What every request carries besides the prompt (a system message, extra body fields), to add to an identity.
+
+    Empty settings add nothing, so the keys of a teacher without them (every cache written before they existed)
+    stay as they were.
+    """
+    identity = {"system_prompt": system_prompt} if system_prompt else {}
+    if extra_body:
+        identity["extra_body"] = json.dumps(extra_body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return identity
 
 
 def local_identity(backend: str, model: str | Path, cache_dir: str | Path, revision: str) -> dict[str, str]:

@@ -1,9 +1,20 @@
 """Any OpenAI-compatible chat server as the teacher (OpenAI, vLLM serve, `transformers serve`, llama.cpp...).
 
-The client's own retries are off and ours are on: we retry only what can succeed on a second try (429, 408/409, 5xx,
-timeouts, dropped connections) with exponential backoff, and turn anything else (a 400, a reply that is not JSON, an
-empty reply) into ``None`` for that one item, counted by reason. A server that cannot be reached at all stops the run
-with :class:`~middo.teachers.base.TeacherUnavailable`, since every remaining call would fail the same way.
+Retries are ours, not the client's (its ``max_retries`` is 0). We retry only what can succeed on a second try (429,
+408/409, 5xx, timeouts, dropped connections) and honour the server's ``Retry-After`` / ``retry-after-ms`` as the
+openai client would (up to ``MAX_RETRY_AFTER`` seconds; a longer one, such as a spent daily quota, fails the item at
+once), with exponential backoff where the server names no wait. We keep the loop because at scale (64 requests in
+flight against per-minute rate limits) three things need it: a ``Retry-After`` holds back every worker, not only the
+one that was told, so the others do not spend their retries on a window the server has already closed; a wait can be
+cut short when the run stops (the client's ``time.sleep`` cannot, so an interrupted run would hang for minutes); and
+the failure reasons stay per item and countable. Anything else (a 400, a reply that is not JSON, an empty reply) is
+``None`` for that one item, counted by reason. A server that cannot be reached at all stops the run with
+:class:`~middo.teachers.base.TeacherUnavailable`, since every remaining call would fail the same way.
+
+The reply length goes out as ``max_tokens`` unless ``token_limit_param`` says otherwise; with ``auto``, a server that
+refuses ``max_tokens`` and asks for ``max_completion_tokens`` (newer OpenAI models) is asked again with that, and so
+is every later request. A :class:`~middo.teachers.base.Sampling` with a ``response_schema`` is sent as
+``response_format`` json_schema (strict), which vLLM serves as guided decoding.
 
 The API key is read from the environment variable named by ``api_key_env`` and handed to the client only: it is never
 logged, stored, or put in a message.
@@ -11,13 +22,16 @@ logged, stored, or put in a message.
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -28,14 +42,18 @@ from middo.teachers.base import Sampling, TeacherUnavailable
 log = logging.getLogger(__name__)
 
 _NO_KEY = "EMPTY"  # local servers ignore the key, but the client insists on one
+MAX_RETRY_AFTER = 120.0  # seconds; the openai client's own limit
+MAX_BACKOFF = 60.0  # seconds; the longest wait without a Retry-After
+TOKEN_LIMIT_PARAMS = ("auto", "max_tokens", "max_completion_tokens")
 
 
 class _Failed(Exception):
-    """One call failed for good; ``reason`` is a short label used in the summary."""
+    """One call failed for good; ``reason`` is a short label used in the summary, ``detail`` the server's words."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, detail: str = ""):
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
 
 
 class OpenAITeacher:
@@ -52,6 +70,9 @@ class OpenAITeacher:
         timeout: float = 60.0,
         max_retries: int = 4,
         backoff: float = 1.0,
+        system_prompt: str = "",
+        extra_body: Mapping[str, Any] | None = None,
+        token_limit_param: str = "auto",
     ):
         """
         Args:
@@ -61,7 +82,12 @@ class OpenAITeacher:
             concurrency: requests in flight at once.
             timeout: seconds per request.
             max_retries: retries per call after the first attempt, on retryable errors only.
-            backoff: seconds before the first retry; doubles on each further retry.
+            backoff: seconds before the first retry when the server names no wait; doubles on each further retry.
+            system_prompt: sent as a system message before every prompt; empty sends none.
+            extra_body: JSON fields merged into every request body (they win over ours), e.g.
+                ``{"chat_template_kwargs": {"enable_thinking": False}}``.
+            token_limit_param: ``max_tokens``, ``max_completion_tokens``, or ``auto`` (the first, switching to the
+                second when the server asks for it).
 
         Raises:
             MiddoError: the ``openai`` package is not installed, or an argument is out of range.
@@ -74,6 +100,10 @@ class OpenAITeacher:
                 "OpenAITeacher: expected concurrency >= 1, max_retries >= 0, timeout > 0, backoff >= 0; got "
                 f"{concurrency}, {max_retries}, {timeout}, {backoff}"
             )
+        if token_limit_param not in TOKEN_LIMIT_PARAMS:
+            raise MiddoError(
+                f"OpenAITeacher: token_limit_param must be one of {TOKEN_LIMIT_PARAMS}, got {token_limit_param!r}"
+            )
         self._openai = openai
         self.base_url = base_url
         self.model = model
@@ -81,11 +111,17 @@ class OpenAITeacher:
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
+        self.system_prompt = system_prompt
+        self.extra_body = dict(extra_body or {})
+        self.token_limit_param = token_limit_param
+        self.token_field = "max_completion_tokens" if token_limit_param == "max_completion_tokens" else "max_tokens"
         self._client = openai.OpenAI(
             base_url=base_url, api_key=os.environ.get(api_key_env) or _NO_KEY, timeout=timeout, max_retries=0
         )
         self._reached = False  # until the server has answered once, complete() probes it first (fail fast)
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._resume_at = 0.0  # time.monotonic() before which no request is sent (the server's Retry-After)
 
     def __repr__(self) -> str:  # the default repr would show the client, which holds the key
         return f"OpenAITeacher(base_url={self.base_url!r}, model={self.model!r}, concurrency={self.concurrency})"
@@ -113,16 +149,39 @@ class OpenAITeacher:
                         results[futures[future]] = future.result()  # TeacherUnavailable propagates: stop the run
                     except _Failed as exc:
                         if not failures:
-                            log.warning("openai teacher: a call failed (%s); its reply is None", exc.reason)
+                            detail = f": {exc.detail}" if exc.detail else ""
+                            log.warning("openai teacher: a call failed (%s%s); its reply is None", exc.reason, detail)
                         failures[exc.reason] += 1
                     bar.update(1)
         finally:
-            self._stop.set()  # lets sleeping retries give up at once if we leave early
+            self._stop.set()  # lets waiting retries give up at once if we leave early
             pool.shutdown(wait=True, cancel_futures=True)
         if failures:
             detail = ", ".join(f"{reason}: {n}" for reason, n in failures.most_common())
             log.warning("openai teacher: %d/%d calls failed (%s)", sum(failures.values()), len(prompts), detail)
         return results
+
+    def request(self, prompt: str, sampling: Sampling, token_field: str) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for one prompt."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": [*messages, {"role": "user", "content": prompt}],
+            token_field: sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": sampling.seed,
+        }
+        schema = sampling.schema
+        if schema is not None:
+            name = str(schema.get("title") or "reply")
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": schema, "strict": True},
+            }
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        return kwargs
 
     def _probe(self) -> None:
         """Fail fast on a wrong URL or a server that is not up: any HTTP answer, even an error, means reachable."""
@@ -154,22 +213,23 @@ class OpenAITeacher:
     def _call(self, prompt: str, sampling: Sampling) -> str:
         """One chat completion with retries; raise _Failed (item is None) or TeacherUnavailable (stop the run)."""
         openai = self._openai
-        for attempt in range(self.max_retries + 1):
-            if self._stop.is_set():
-                raise _Failed("cancelled")
+        attempt = 0
+        while True:
+            self._wait_turn()
+            field = self.token_field
+            wait = None
             try:
-                response = self._client.chat.completions.create(
-                    model=self.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    max_tokens=sampling.max_new_tokens,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    seed=sampling.seed,
-                )
+                response = self._client.chat.completions.create(**self.request(prompt, sampling, field))
             except openai.APIStatusError as exc:
+                if field == "max_tokens" and self.token_limit_param == "auto" and _wants_max_completion_tokens(exc):
+                    self._use_max_completion_tokens()
+                    continue  # not a retry: the same request, in the form this server takes
                 reason = f"HTTP {exc.status_code}"
                 if not _retryable_status(exc.status_code):
-                    raise _Failed(reason) from None
+                    raise _Failed(reason, _message(exc) if exc.status_code in (400, 404, 422) else "") from None
+                wait = retry_after(exc.response.headers)
+                if wait is not None and wait > MAX_RETRY_AFTER:
+                    raise _Failed(f"{reason} (Retry-After over {MAX_RETRY_AFTER:.0f} s)", f"{wait:.0f} s") from None
             except openai.APITimeoutError:
                 reason = "timeout"
             except openai.APIConnectionError as exc:
@@ -183,9 +243,55 @@ class OpenAITeacher:
             else:
                 self._reached = True
                 return _reply_text(response)
-            if attempt < self.max_retries:
-                self._stop.wait(self.backoff * 2**attempt * random.uniform(1.0, 1.25))
-        raise _Failed(f"{reason} after {self.max_retries + 1} attempts")
+            if attempt == self.max_retries:
+                raise _Failed(f"{reason} after {self.max_retries + 1} attempts")
+            if wait is not None:
+                self._hold_off(wait)  # every worker waits: the next _wait_turn() sleeps until then
+            elif self._stop.wait(min(self.backoff * 2**attempt, MAX_BACKOFF) * random.uniform(1.0, 1.25)):
+                raise _Failed("cancelled")
+            attempt += 1
+
+    def _wait_turn(self) -> None:
+        """Sleep until the server's last Retry-After has passed; give up at once when the run stops."""
+        while True:
+            left = self._resume_at - time.monotonic()
+            if self._stop.is_set():
+                raise _Failed("cancelled")
+            if left <= 0:
+                return
+            self._stop.wait(left)
+
+    def _hold_off(self, seconds: float) -> None:
+        with self._lock:
+            self._resume_at = max(self._resume_at, time.monotonic() + max(seconds, 0.0))
+
+    def _use_max_completion_tokens(self) -> None:
+        with self._lock:
+            if self.token_field != "max_completion_tokens":
+                self.token_field = "max_completion_tokens"
+                log.info(
+                    "openai teacher: %s refuses max_tokens; sending max_completion_tokens from now on", self.model
+                )
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks us to wait (``retry-after-ms``, then ``retry-after`` in seconds or as an HTTP date),
+    or None when it names no wait (or names it in a form we cannot read)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(float(value) * scale, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return None
 
 
 def _retryable_status(status: int) -> bool:
@@ -193,12 +299,32 @@ def _retryable_status(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
+def _message(exc) -> str:
+    """The server's own error message (e.g. which parameter it rejects), shortened for a log line."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    text = str(body.get("message") or exc.message or "")
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _wants_max_completion_tokens(exc) -> bool:
+    """OpenAI's 400 for newer models: "Unsupported parameter: 'max_tokens' is not supported with this model. Use
+    'max_completion_tokens' instead." (param ``max_tokens``); other servers word it their own way, naming both."""
+    if exc.status_code != 400:
+        return False
+    if getattr(exc, "param", None) == "max_tokens" and getattr(exc, "code", None) == "unsupported_parameter":
+        return True
+    text = f"{exc.message} {exc.body}"
+    return "max_tokens" in text and "max_completion_tokens" in text
+
+
 def _reply_text(response) -> str:
     """The assistant text of a chat completion, or _Failed if the reply has none (or is not a completion)."""
     try:
-        content = response.choices[0].message.content
+        message = response.choices[0].message
+        content = message.content
     except (AttributeError, IndexError, TypeError):
         raise _Failed("reply is not a chat completion") from None
     if not isinstance(content, str) or not content.strip():
-        raise _Failed("empty reply")
+        refusal = getattr(message, "refusal", None)  # structured output: a refusal comes in its own field
+        raise _Failed("refusal" if isinstance(refusal, str) and refusal.strip() else "empty reply") from None
     return content

@@ -9,6 +9,9 @@ Sampled prompts (temperature > 0) are generated one at a time, each under its ow
 depend on which other prompts shared its call, and a rerun whose cache already holds some replies (so sends fewer
 prompts) would get different ones. Per prompt, a rerun without the cache reproduces every reply. The seeding runs in
 a forked RNG, so the caller's random state is left as it was.
+
+``Sampling.response_schema`` (structured output) is ignored: ``generate`` has no constrained decoding, so replies are
+free text, which the refine parser reads as tagged text just the same.
 """
 
 from __future__ import annotations
@@ -38,26 +41,37 @@ class TransformersTeacher:
 
     backend = "transformers"
 
-    def __init__(self, model_path: str | Path, device: str = "auto", dtype: str = "auto", max_tokens: int = 8192):
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_tokens: int = 8192,
+        system_prompt: str = "",
+    ):
         """
         Args:
             model_path: a local HF model folder with a chat template.
             device: ``auto``, ``cpu``, ``cuda``...
             dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
             max_tokens: budget per batch, counted as rows x (longest prompt + max_new_tokens).
+            system_prompt: a system message before every prompt, through the chat template; empty sends none.
 
         Raises:
             MiddoError: the folder is not a model folder, or the device is not available.
         """
         self.model = str(model_path)
         self.max_tokens = max_tokens
+        self.system_prompt = system_prompt
         self.loaded = load_model(model_path, device, dtype)
         self.tokenizer = self.loaded.tokenizer
 
     def encode(self, prompt: str) -> list[int]:
-        """Token ids of one user turn plus the assistant header the model continues from."""
+        """Token ids of the system message (if any) and one user turn, plus the assistant header the model continues
+        from."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            [*system, {"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 

@@ -4,14 +4,57 @@ vllm is not a dependency of middo and is never installed in middo's main environ
 and would replace the one middo trains with. Install it in a separate environment (``python -m venv .venv-vllm &&
 .venv-vllm/bin/pip install vllm && .venv-vllm/bin/pip install -e .``) and run the refine stage from there. It is
 imported only inside :class:`VLLMTeacher`, after a check that says what is missing.
+
+The system prompt goes through the model's chat template (``LLM.chat``). A ``Sampling.response_schema`` becomes
+vLLM's structured outputs (guided decoding: every reply matches the schema): ``StructuredOutputsParams`` on vLLM
+releases that have it, ``GuidedDecodingParams`` (the older name, removed in 0.12) on those before.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from middo.optional import require
 from middo.teachers.base import Sampling
+
+
+def engine_kwargs(tensor_parallel_size: int = 1, max_model_len: int = 0, gpu_memory_utilization: float = 0.9) -> dict:
+    """The ``vllm.LLM`` arguments of ``refine.teacher.vllm``; ``max_model_len`` 0 leaves the model's own."""
+    kwargs: dict[str, Any] = {
+        "tensor_parallel_size": tensor_parallel_size,
+        "gpu_memory_utilization": gpu_memory_utilization,
+    }
+    if max_model_len:
+        kwargs["max_model_len"] = max_model_len
+    return kwargs
+
+
+def sampling_kwargs(sampling: Sampling) -> dict:
+    """The ``vllm.SamplingParams`` arguments of ``sampling``, leaving out its schema (see :func:`_structured`)."""
+    return {
+        "max_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "seed": sampling.seed,
+    }
+
+
+def conversation(system_prompt: str, prompt: str) -> list[dict[str, str]]:
+    """One request as chat messages: the system message (when set), then the prompt as the user turn."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, {"role": "user", "content": prompt}]
+
+
+def _structured(schema: dict) -> dict:
+    """``SamplingParams`` arguments that constrain decoding to the JSON ``schema``, in this vLLM's own terms."""
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+    except ImportError:
+        from vllm.sampling_params import GuidedDecodingParams
+
+        return {"guided_decoding": GuidedDecodingParams(json=schema)}
+    return {"structured_outputs": StructuredOutputsParams(json=schema)}
 
 
 class VLLMTeacher:
@@ -19,12 +62,21 @@ class VLLMTeacher:
 
     backend = "vllm"
 
-    def __init__(self, model_path: str | Path, **engine_kwargs):
+    def __init__(
+        self,
+        model_path: str | Path,
+        tensor_parallel_size: int = 1,
+        max_model_len: int = 0,
+        gpu_memory_utilization: float = 0.9,
+        system_prompt: str = "",
+    ):
         """
         Args:
             model_path: a local HF model folder (or any name vLLM can load).
-            **engine_kwargs: passed to ``vllm.LLM`` (e.g. ``tensor_parallel_size``, ``gpu_memory_utilization``,
-                ``max_model_len``, ``dtype``).
+            tensor_parallel_size: GPUs the model is split over.
+            max_model_len: context length; 0 keeps the model's own.
+            gpu_memory_utilization: fraction of each GPU's memory vLLM may take.
+            system_prompt: a system message before every prompt; empty sends none.
 
         Raises:
             MiddoError: vllm is not installed in this environment, or there is no CUDA GPU.
@@ -33,20 +85,17 @@ class VLLMTeacher:
         from vllm import LLM, SamplingParams
 
         self.model = str(model_path)
+        self.system_prompt = system_prompt
         self._sampling_params = SamplingParams
-        self.llm = LLM(model=self.model, **engine_kwargs)
+        self.llm = LLM(model=self.model, **engine_kwargs(tensor_parallel_size, max_model_len, gpu_memory_utilization))
 
     def complete(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
         """Answer every prompt in one vLLM call; an empty reply is ``None``."""
         if not prompts:
             return []
-        params = self._sampling_params(
-            max_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            seed=sampling.seed,
-        )
-        conversations = [[{"role": "user", "content": p}] for p in prompts]
+        schema = sampling.schema
+        params = self._sampling_params(**sampling_kwargs(sampling), **(_structured(schema) if schema else {}))
+        conversations = [conversation(self.system_prompt, p) for p in prompts]
         outputs = self.llm.chat(conversations, params, use_tqdm=True)
         texts = [out.outputs[0].text if out.outputs else "" for out in outputs]
         return [t if t.strip() else None for t in texts]
