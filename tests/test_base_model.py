@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -29,6 +31,8 @@ def test_local_folder_is_copied_atomically(base_model_dir, tmp_path):
     out = materialise(str(base_model_dir), tmp_path / "models" / "base", False, "auto", False)
     assert (out / "config.json").is_file()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dir left behind
+    # a class name transformers 4 knows too (OpenCompass, LLaMA-Factory, vLLM envs)
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
 
 
 def test_unknown_spec_offline_is_clear(tmp_path):

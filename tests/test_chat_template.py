@@ -41,8 +41,11 @@ def test_default_is_llama_factory_default_format(base_model_dir, tmp_path):
 
 def test_auto_keeps_the_tokenizers_own_and_leaves_the_files_alone(base_model_dir, tmp_path):
     out = materialise(str(base_model_dir), tmp_path / "base", False, "auto", False)
-    for name in ("tokenizer_config.json", "tokenizer.json"):
-        assert (out / name).read_bytes() == (base_model_dir / name).read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == (base_model_dir / "tokenizer.json").read_bytes()
+    config, before = (json.loads((d / "tokenizer_config.json").read_text()) for d in (out, base_model_dir))
+    assert config.pop("tokenizer_class") == "PreTrainedTokenizerFast"  # only ever made portable, nothing else
+    before.pop("tokenizer_class")
+    assert config == before
 
 
 def test_auto_without_a_template_names_the_param_and_writes_nothing(templateless, tmp_path):
@@ -81,3 +84,29 @@ def test_training_and_loss_scoring_format_with_the_base_folders_template(templat
     assert trained.startswith("Human: Name a colour.") and "\nAssistant:Blue." in trained
     scored = tok.decode(tokenize_for_loss(tok, [rec], max_length=64)[0][0])
     assert scored == trained
+
+
+def test_saved_tokenizers_name_a_class_transformers_4_knows(base_model_dir, tmp_path):
+    """OpenCompass, LLaMA-Factory and many vLLM builds run transformers 4, which has no 'TokenizersBackend'."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from middo.chat_template import make_tokenizer_portable
+
+    folder = tmp_path / "model"
+    shutil.copytree(base_model_dir, folder)
+    before = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "TokenizersBackend"  # what transformers 5's save_pretrained writes
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert make_tokenizer_portable(folder)
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert not make_tokenizer_portable(folder)  # already portable: the file (and its DVC hash) stays
+    after = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    text = "Übersetze: <|im_start|>user\nHi 你好"
+    assert after(text)["input_ids"] == before(text)["input_ids"]
+    assert after.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == before.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False
+    )

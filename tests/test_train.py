@@ -94,6 +94,7 @@ def test_training_reduces_loss_and_checkpoint_generates(base_model_dir, tmp_path
 
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     after = model.state_dict()
     unchanged = [k for k, v in before.items() if k in after and torch.equal(v, after[k])]
     assert not unchanged, f"parameters that did not train: {unchanged[:5]}"

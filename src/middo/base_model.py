@@ -11,7 +11,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from middo.chat_template import set_chat_template
+from middo.chat_template import make_tokenizer_portable, set_chat_template
 from middo.dataio.atomic import atomic_dir
 from middo.errors import MiddoError
 
@@ -106,4 +106,5 @@ def materialise(spec: str, out: str | Path, allow_download: bool, chat_template:
                 f"set model.allow_download: true (needs internet)"
             )
         set_chat_template(target, chat_template, trust_remote_code)
+        make_tokenizer_portable(target)
     return out

@@ -74,3 +74,28 @@ def set_chat_template(folder: str | Path, setting: str, trust_remote_code: bool 
     tokenizer.chat_template = text
     tokenizer.save_pretrained(folder)
     return True
+
+
+# transformers 5 names its generic fast tokenizer "TokenizersBackend"; transformers 4 (OpenCompass, LLaMA-Factory,
+# many vLLM builds) does not know that class, while both load the same files as "PreTrainedTokenizerFast".
+PORTABLE_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def make_tokenizer_portable(folder: str | Path) -> bool:
+    """Rewrite a saved tokenizer's class name to one every transformers version since 4.x loads (same token ids);
+    True when the file changed. Every checkpoint this project writes goes through it, so round R's model opens in the
+    user's OpenCompass, LLaMA-Factory or vLLM environment."""
+    import json
+
+    from middo.dataio.atomic import atomic_write_text
+
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return False
+    config = json.loads(path.read_text(encoding="utf-8"))
+    portable = PORTABLE_CLASSES.get(config.get("tokenizer_class"))
+    if portable is None:
+        return False
+    config["tokenizer_class"] = portable
+    atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return True

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from middo.chat_template import make_tokenizer_portable
 from middo.config import TrainConfig
 from middo.dataio.atomic import atomic_write_text
 from middo.device import resolve_device, resolve_dtype
@@ -211,6 +212,7 @@ def save_checkpoint(
         return
     # a pickle of the arguments (temp paths and all): neither safe to load nor the same on two identical runs
     (saved / "training_args.bin").unlink(missing_ok=True)
+    make_tokenizer_portable(saved)
     if not cfg.lora.enabled:
         return
     (saved / "README.md").unlink(missing_ok=True)  # peft's model card names the base by its path on this machine
@@ -222,6 +224,7 @@ def save_checkpoint(
         model = merged_adapter_model(saved, base_model, dtype, trust_remote_code)
         model.save_pretrained(target)
         trainer.processing_class.save_pretrained(target)
+        make_tokenizer_portable(target)
     else:
         record_adapter_base(target, base_model, final)
 

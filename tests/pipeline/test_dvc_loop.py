@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import shutil
 import socket
@@ -148,6 +149,39 @@ def test_loop_end_to_end(project, env, tmp_path):
         "models/base/model.safetensors",
     ):
         assert filecmp.cmp(project / rel, clone / rel, shallow=False), rel
+
+    # the control experiment of docs/evaluation.md: the same loop with random selection, queued and run by DVC's
+    # queue, then judged against Middo's round 1 item by item
+    dvc("exp", "run", "--queue", "-n", "random-control", "-S", "refine.selection=random", cwd=project, env=env)
+    dvc("queue", "start", "--jobs", "1", cwd=project, env=env)
+    deadline = time.monotonic() + 1200
+    while time.monotonic() < deadline:
+        status = dvc("queue", "status", cwd=project, env=env)
+        if "random-control" in status and not any(w in status for w in ("Queued", "Running")):
+            break
+        time.sleep(5)
+    assert "Success" in status, status + dvc("queue", "logs", "random-control", cwd=project, env=env)
+    from dvc.api import read as dvc_read
+
+    control = json.loads(dvc_read("metrics/round_1/refine.json", repo=str(project), rev="random-control"))
+    middo = json.loads((project / "metrics/round_1/refine.json").read_text())
+    assert (control["refine"]["selection"], middo["refine"]["selection"]) == ("random", "model")
+    assert control["refine"]["diagnosis_flagged"] == {a: c["flagged"] for a, c in middo["refine"]["per_axis"].items()}
+    verdict = tmp_path / "compare.json"
+    run(
+        [
+            str(BIN / "middo"),
+            "compare",
+            "HEAD:metrics/round_1",
+            "random-control:metrics/round_1",
+            "--json",
+            str(verdict),
+        ],
+        project,
+        env,
+    )
+    judged = json.loads(verdict.read_text())
+    assert set(judged["suites"]) == set(TINY["eval"]["suites"]) and "verdict" in judged["average"]
 
 
 def _free_port() -> int:
