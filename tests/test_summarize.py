@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from middo.errors import MiddoError
-from middo.summarize import render_noise, summarize
+from middo.summarize import loss_rows, render_noise, summarize
 
 
 def _write(path, obj):
@@ -63,6 +63,24 @@ def test_summary_rows_and_plots(tmp_path):
     ]
     assert (tmp_path / "reports/plots/accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "reports/summary.json").read_text()) == s
+    assert not (plots / "train_loss.png").exists()  # no DVCLive curves in these metrics
+
+
+def test_training_loss_curves_of_every_round_in_one_png(tmp_path):
+    m = tmp_path / "metrics"
+    for r in (0, 1):
+        _write(m / f"round_{r}/eval.json", {"accuracy": {"gsm8k": 0.1}, "average": 0.1})
+        tsv = m / f"round_{r}/train/plots/metrics/loss.tsv"
+        tsv.parent.mkdir(parents=True)
+        tsv.write_text("step\tloss\n1\t2.5\n2\t" + ("1.5" if r else "2.0") + "\n")
+    assert loss_rows(m, [0, 1]) == [
+        {"step": 1, "loss": 2.5, "round": "round 0"},
+        {"step": 2, "loss": 2.0, "round": "round 0"},
+        {"step": 1, "loss": 2.5, "round": "round 1"},
+        {"step": 2, "loss": 1.5, "round": "round 1"},
+    ]
+    summarize(m, {"1": 0}, tmp_path / "summary.json", tmp_path / "plots", 200, 0)
+    assert (tmp_path / "plots/train_loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_noise_follows_the_rounds_params_and_intervals_come_from_details(tmp_path):

@@ -132,6 +132,20 @@ def render_noise(pairs: list[dict]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def loss_rows(metrics_dir: str | Path, rounds: Iterable[int]) -> list[dict]:
+    """Training loss per optimizer step of each round, from the DVCLive curves the train stage logs
+    (``round_R/train/plots/metrics/loss.tsv``); rounds without one (an older run) are left out."""
+    rows = []
+    for r in sorted(set(rounds)):
+        tsv = Path(metrics_dir) / f"round_{r}" / "train" / "plots" / "metrics" / "loss.tsv"
+        if tsv.is_file():
+            lines = tsv.read_text(encoding="utf-8").splitlines()[1:]
+            rows += [
+                {"step": int(a), "loss": float(b), "round": f"round {r}"} for a, b in (x.split("\t") for x in lines)
+            ]
+    return rows
+
+
 def plot_rows(summary: dict) -> dict[str, list[dict]]:
     """Long-format rows that ``dvc plots`` can draw (one file per plot)."""
     acc, size, flags = [], [], []
@@ -172,7 +186,8 @@ def _png(rows: list[dict], x: str, y: str, group: str | None, title: str) -> byt
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(title)
-    ax.set_xticks(sorted({r[x] for r in rows}))
+    if x == "round":
+        ax.set_xticks(sorted({r[x] for r in rows}))
     if group:  # beside the axes: error bars reach the corners where a legend inside would sit
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -227,4 +242,9 @@ def summarize(
                 atomic_write_text(plots_dir / name / f"{key}.json", json.dumps(series, indent=1) + "\n")
         if data:
             atomic_write_bytes(plots_dir / f"{name}.png", _png(data, "round", y, group, title))
+    losses = loss_rows(metrics_dir, [row["round"] for row in summary["rounds"]])
+    if losses:  # the same curves `dvc plots show` draws from metrics/round_R/train, side by side in one PNG
+        atomic_write_bytes(
+            plots_dir / "train_loss.png", _png(losses, "step", "loss", "round", "Training loss per step")
+        )
     return summary
