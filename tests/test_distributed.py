@@ -175,7 +175,9 @@ shard = from_env()
 with atomic_dir_on_main(sys.argv[1], shard) as target:
     target.mkdir(parents=True, exist_ok=True)
     (target / f"rank{shard.rank}.txt").write_text(str(target))
-print("AFTER", shard.rank, sorted(p.name for p in Path(sys.argv[1]).iterdir()))
+seen = sorted(p.name for p in Path(sys.argv[1]).iterdir())
+# one file per rank (not stdout, where the two processes' prints can interleave mid-line)
+Path(sys.argv[2], f"after{shard.rank}.txt").write_text(" ".join(seen))
 """
 
 
@@ -187,12 +189,17 @@ def test_atomic_dir_on_main_shares_one_folder(tmp_path):
     out = tmp_path / "models" / "round_1"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*launcher, str(script), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    proc = subprocess.run(
+        [*launcher, str(script), str(out), str(seen)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["rank0.txt", "rank1.txt"]
     assert (out / "rank0.txt").read_text() == (out / "rank1.txt").read_text()  # the same temp path on both ranks
-    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("AFTER")) == [
-        "AFTER 0 ['rank0.txt', 'rank1.txt']",
-        "AFTER 1 ['rank0.txt', 'rank1.txt']",
-    ]
+    # after the block, each rank already sees the finished folder in place
+    assert {f.name: f.read_text() for f in seen.iterdir()} == {
+        "after0.txt": "rank0.txt rank1.txt",
+        "after1.txt": "rank0.txt rank1.txt",
+    }
     assert [p.name for p in out.parent.iterdir()] == ["round_1"]  # the temp folder is gone
