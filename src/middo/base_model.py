@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from middo.chat_template import make_tokenizer_portable, set_chat_template
+from middo.checkpoint_config import make_config_portable
 from middo.dataio.atomic import atomic_dir
 from middo.errors import MiddoError
 
@@ -107,4 +108,5 @@ def materialise(spec: str, out: str | Path, allow_download: bool, chat_template:
             )
         set_chat_template(target, chat_template, trust_remote_code)
         make_tokenizer_portable(target)
+        make_config_portable(target)
     return out

@@ -74,6 +74,25 @@ def adapter_base(path: str | Path) -> Path | None:
     return base
 
 
+def adapter_rank(path: str | Path) -> int:
+    """The largest LoRA rank in an adapter folder: its ``r``, or a per-module ``rank_pattern`` entry above it.
+
+    For servers that size their LoRA buffers up front (vLLM's ``max_lora_rank``, default 16).
+
+    Raises:
+        MiddoError: ``adapter_config.json`` is missing or has no positive integer ``r``.
+    """
+    config = Path(path) / ADAPTER_CONFIG
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+        ranks = [raw["r"], *(raw.get("rank_pattern") or {}).values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MiddoError(f"{config}: expected a LoRA adapter config with an integer 'r' ({exc!r})") from exc
+    if not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in ranks):
+        raise MiddoError(f"{config}: LoRA ranks must be positive integers, got r={raw['r']!r} and rank_pattern")
+    return max(ranks)
+
+
 def record_adapter_base(folder: str | Path, base: str | Path, final: str | Path | None = None) -> None:
     """Point ``folder``'s adapter at ``base`` by a path relative to ``final`` (where the folder will live once
     renamed; ``folder`` itself by default), so the pair survives a clone and ``dvc pull`` to another path; and make

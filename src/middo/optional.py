@@ -21,7 +21,7 @@ PACKAGES = {
 }
 
 
-GPU_EXTRA = {"deepspeed", "liger_kernel", "flash_attn", "peft"}  # what `pip install -e '.[gpu]'` brings
+GPU_EXTRA = {"deepspeed", "liger_kernel", "flash_attn", "peft"}  # what bench/install_gpu.sh brings (README)
 
 
 def is_available(module: str) -> bool:
@@ -38,7 +38,7 @@ def require(module: str, needs_cuda: bool = False) -> None:
     if not is_available(module):
         raise MiddoError(
             f"{purpose} needs the '{pip_name}' package: pip install {pip_name}"
-            + ("  (or: pip install -e '.[gpu]')" if module in GPU_EXTRA else "")
+            + ("  (or build the CUDA env: bash bench/install_gpu.sh)" if module in GPU_EXTRA else "")
         )
     if needs_cuda:
         import torch

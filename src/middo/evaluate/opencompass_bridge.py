@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from middo.checkpoint_config import misread_rope_keys
 from middo.dataio.atomic import atomic_write_text
 from middo.errors import MiddoError
 from middo.evaluate.stats import intervals
@@ -267,6 +268,30 @@ def check_tokenizer(model: Path, transformers: str) -> None:
         )
 
 
+def check_config(model: Path, transformers: str) -> None:
+    """Fail before the run when the OpenCompass env's transformers 4 would read the checkpoint's RoPE differently.
+
+    transformers 4 ignores the ``rope_parameters`` that transformers 5 saves and falls back to ``rope_theta`` 10000
+    without scaling: every score would come from a model with the wrong positions, and nothing would say so.
+    Checkpoints written by middo carry both (:mod:`middo.checkpoint_config`).
+
+    Raises:
+        MiddoError: naming ``config.json`` and each key (``rope_theta``, ``rope_scaling``, ...) that would be misread.
+    """
+    major = transformers.split(".")[0]
+    path = model / "config.json"
+    if not major.isdigit() or int(major) >= 5 or not path.is_file():
+        return
+    problems = misread_rope_keys(json.loads(path.read_text(encoding="utf-8")))
+    if problems:
+        raise MiddoError(
+            f"{path}: the transformers {transformers} of your OpenCompass env would misread the RoPE: "
+            + "; ".join(problems)
+            + f". Write the keys it reads: {sys.executable} -m middo.checkpoint_config {model} (then `dvc commit` "
+            "it); checkpoints trained now carry them"
+        )
+
+
 def stream(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
     """Run ``cmd``, echoing its output as it comes (OpenCompass's progress) and keeping the tail for the error.
 
@@ -325,14 +350,15 @@ def evaluate_opencompass(
 
     Raises:
         MiddoError: a bad ``eval.opencompass.python`` or dataset name, a model folder without ``config.json`` or
-            with a tokenizer that env cannot load, OpenCompass failing (with its last output lines), or results that
-            cannot be read.
+            with a tokenizer that env cannot load or a RoPE config it would misread, OpenCompass failing (with its
+            last output lines), or results that cannot be read.
     """
     exe, version, package, transformers = check_python(config.python)
     model = Path(model_path).absolute()
     if not (model / "config.json").is_file():
         raise MiddoError(f"{model}: not a HF model folder (no config.json)")
     check_tokenizer(model, transformers)
+    check_config(model, transformers)
     datasets_dir = package / "configs" / "datasets"
     datasets = resolve_datasets(config.datasets, datasets_dir if datasets_dir.is_dir() else None)
     abbr = f"middo_round_{round_}"
