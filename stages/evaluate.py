@@ -13,7 +13,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     p = load_params(args.params)
     # the builtin suites shard over base.processes; the harnesses run their own launchers
-    if p.eval.backend == "builtin" and relaunched_under_torchrun(p.base.processes):
+    if p.eval.backend == "builtin" and relaunched_under_torchrun(p.base.processes, p.base.device):
         return
     res = evaluate_backend(p.eval, args.model, args.out, p.base.seed, p.base.device, p.base.dtype, args.round)
     if res:  # empty on torchrun ranks other than 0

@@ -12,7 +12,7 @@ def main(argv=None):
         ap.add_argument(flag, required=True)
     args = ap.parse_args(argv)
     p = load_params(args.params)
-    if relaunched_under_torchrun(p.base.processes):
+    if relaunched_under_torchrun(p.base.processes, p.base.device):
         return
     m = train_sft(
         records=read_records(args.data),

@@ -8,12 +8,39 @@ from middo.config import ConfigError, Params, deep_merge, load_params, params_fr
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _plain(value):
+    """Lists and tuples alike, so a YAML list compares equal to the dataclass's tuple."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def test_shipped_params_and_presets_load():
+    """Each preset loaded over params.yaml: every value it sets is the value of the validated config."""
+    import dataclasses
+
     assert isinstance(load_params(ROOT / "params.yaml"), Params)
     for preset in sorted((ROOT / "presets").glob("*.yaml")):
-        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-        load_params(ROOT / "params.yaml", overrides=yaml.safe_load(preset.read_text()) or {})
-        assert raw  # the preset merged onto real params, not onto nothing
+        overrides = yaml.safe_load(preset.read_text()) or {}
+        loaded = _plain(dataclasses.asdict(load_params(ROOT / "params.yaml", overrides=overrides)))
+        leaves = dict(_leaves(overrides))
+        assert len(leaves) >= 5, f"{preset.name} sets almost nothing"
+        for key, value in leaves.items():
+            node = loaded
+            for part in key.split("."):
+                node = node[part]
+            assert node == _plain(value), f"{preset.name}: {key} is {node!r} after loading, the preset says {value!r}"
+
+
+def test_processes_is_a_count_or_auto():
+    assert params_from_dict({"base": {"processes": "auto"}}).base.processes == "auto"
+    assert params_from_dict({"base": {"processes": 4}}).base.processes == 4
+    for value, problem in (("all", "must be int or one of 'auto', got 'all'"), (0, "must be >= 1, got 0")):
+        with pytest.raises(ConfigError) as err:
+            params_from_dict({"base": {"processes": value}})
+        assert err.value.problems == [f"base.processes: {problem}"]
+    for preset in ("paper.yaml", "paper-mistral.yaml"):  # one process per GPU, as DeepSpeed runs are launched
+        assert yaml.safe_load((ROOT / "presets" / preset).read_text())["base"]["processes"] == "auto"
 
 
 def test_defaults_fill_missing_sections():
@@ -163,3 +190,13 @@ def test_a_preset_that_does_not_validate_writes_nothing(tmp_path):
         apply_preset(target, bad)
     assert "train.learning_rate: must be > 0, got -1" in str(err.value)
     assert target.read_text() == (ROOT / "params.yaml").read_text()
+
+
+def test_the_readme_states_the_demo_teachers_failure_threshold_from_params_yaml():
+    import re
+
+    value = yaml.safe_load((ROOT / "params.yaml").read_text())["refine"]["max_failed_fraction"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    stated = re.findall(r"demo's 135M teacher runs with ([\d.]+) in `params.yaml`", readme)
+    assert stated and all(float(s) == value for s in stated), f"README says {stated}, params.yaml {value}"
+    assert f"`refine.max_failed_fraction: {value}`" in readme  # the walkthrough's note

@@ -105,11 +105,65 @@ def test_training_reduces_loss_and_checkpoint_generates(base_model_dir, tmp_path
     assert gen.shape[1] > ids["input_ids"].shape[1]
 
 
+# case -> (train.pure_bf16, LoRA): the dtype of what AdamW updates, and of its moments, must not depend on LoRA
+MASTER_WEIGHTS = {"full": (False, False), "full-pure": (True, False), "lora": (False, True), "lora-pure": (True, True)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(MASTER_WEIGHTS))
+def test_bf16_training_keeps_float32_master_weights_unless_pure(base_model_dir, tmp_path, case):
+    """base.dtype bfloat16 without DeepSpeed: the trained weights and AdamW's exp_avg/exp_avg_sq are float32 (the
+    compute still runs in bf16 under autocast) unless train.pure_bf16; LoRA's frozen base stays bfloat16. A full
+    fine-tune is saved in bfloat16 either way, as the run computed."""
+    from middo.distributed import Shard
+    from middo.train import save_checkpoint
+
+    pure, lora = MASTER_WEIGHTS[case]
+    model = tiny_model(base_model_dir, tmp_path / "tiny")
+    cfg = replace(TINY, max_steps=2, pure_bf16=pure, lora=replace(TINY.lora, enabled=lora, merge=False))
+    trainer = build_trainer(
+        RECORDS, model, tmp_path / "t", cfg, seed=0, device="cpu", dtype="bfloat16", trust_remote_code=False
+    )
+    down = next(m for name, m in trainer.model.named_modules() if name.endswith("layers.0.mlp.down_proj"))
+    computed = set()
+    hook = down.register_forward_hook(lambda module, args, out: computed.add(out.dtype))
+    trainer.train()
+    hook.remove()
+
+    want = torch.bfloat16 if pure else torch.float32
+    trained = {n: p.dtype for n, p in trainer.model.named_parameters() if p.requires_grad}
+    frozen = {n: p.dtype for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert trained and set(trained.values()) == {want}, trained
+    assert set(frozen.values()) == ({torch.bfloat16} if lora else set()), frozen
+    moments = [t for state in trainer.optimizer.state.values() for t in (state["exp_avg"], state["exp_avg_sq"])]
+    assert len(moments) == 2 * len(trained) and {m.dtype for m in moments} == {want}
+    assert computed == {torch.bfloat16}  # bf16 autocast: master weights cost no float32 compute
+    assert trainer.state.global_step == 2
+
+    if not lora:
+        from safetensors.torch import load_file
+
+        out = tmp_path / "saved"
+        out.mkdir()
+        save_checkpoint(trainer, out, out, model, cfg, Shard(), trust_remote_code=False)
+        assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+
+
 def test_missing_gpu_packages_give_clear_message():
-    with pytest.raises(MiddoError, match="liger-kernel|CUDA"):
-        check_gpu_paths(TrainConfig(liger=True))
-    with pytest.raises(MiddoError, match="flash-attn|CUDA"):
-        check_gpu_paths(TrainConfig(attn_implementation="flash_attention_2"))
+    from middo.optional import is_available
+
+    for cfg, module, pip_name in (
+        (TrainConfig(liger=True), "liger_kernel", "liger-kernel"),
+        (TrainConfig(attn_implementation="flash_attention_2"), "flash_attn", "flash-attn"),
+    ):
+        if not is_available(module):  # the CPU env: the package is named with the command that installs it
+            with pytest.raises(MiddoError, match=f"needs the '{pip_name}' package: pip install {pip_name} "):
+                check_gpu_paths(cfg)
+        elif not torch.cuda.is_available():  # installed, but no GPU to run it on
+            with pytest.raises(MiddoError, match=r"needs a CUDA GPU; torch\.cuda\.is_available\(\) is False"):
+                check_gpu_paths(cfg)
+        else:
+            check_gpu_paths(cfg)  # package and GPU both here: nothing to refuse
     with pytest.raises(MiddoError, match="deepspeed"):
         check_gpu_paths(TrainConfig(deepspeed="configs/deepspeed/nope.json"))
 
@@ -192,7 +246,7 @@ safetensors.torch.save_file, os.replace = save_file, replace
 """
 
 
-def _stage_params(tmp_path, processes: int, **train) -> Path:
+def _stage_params(tmp_path, processes: int | str, **train) -> Path:
     import yaml
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -235,7 +289,19 @@ def run_train_stage(tmp_path, name: str, model: Path, params: Path, env: dict | 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    (out / "stdout.txt").write_text(proc.stdout)
     return out
+
+
+@pytest.mark.slow
+def test_auto_processes_on_cpu_train_in_one_and_report_the_global_batch(base_model_dir, tmp_path):
+    """base.processes: auto on a machine with no GPU is one process (no torchrun); the global batch (per-device
+    batch x accumulation x processes) is printed before training and written to train.json."""
+    model = tiny_model(base_model_dir, tmp_path / "tiny")
+    out = run_train_stage(tmp_path, "auto", model, _stage_params(tmp_path, "auto", batch_size=2, grad_accum=2))
+    train = json.loads((out / "metrics" / "round_1" / "train.json").read_text())["train"]
+    assert (train["processes"], train["effective_batch_size"], train["steps"]) == (1, 4, 4)
+    assert "train: global batch 4 = 2 per device x 2 accumulation x 1 process\n" in (out / "stdout.txt").read_text()
 
 
 @pytest.mark.slow

@@ -42,10 +42,11 @@ class BaseConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
         "auto", "Model dtype; auto uses bfloat16 only where the device computes it natively (else float32)."
     )
-    processes: int = knob(
+    processes: int | Literal["auto"] = knob(
         1,
-        "Processes for train, diagnose and evaluate (torchrun; one per GPU). Scores equal a one-process run's; the "
-        "effective training batch is batch_size * grad_accum * processes.",
+        "Processes for train, diagnose and evaluate (torchrun; one per GPU); auto: one per visible GPU (one on a "
+        "CPU, or with base.device: cpu). Scores equal a one-process run's; the effective training batch is "
+        "batch_size * grad_accum * processes.",
         ge=1,
     )
 
@@ -147,6 +148,12 @@ class TrainConfig:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = knob("sdpa", "Attention kernel.")
     liger: bool = knob(False, "Use Liger kernels (CUDA + liger-kernel).")
     deepspeed: str = knob("", "Path to a DeepSpeed JSON config (configs/deepspeed/zero2.json, zero3.json) or ''.")
+    pure_bf16: bool = knob(
+        False,
+        "Without DeepSpeed, when base.dtype resolves to bfloat16: false keeps the trained weights and AdamW's moments "
+        "in float32 (bf16 autocast for compute; updates of lr ~1e-5 are not rounded away, as LLaMA-Factory); true "
+        "trains them in bfloat16 (half the memory). DeepSpeed keeps its own float32 copy in the optimizer.",
+    )
     logging_steps: int = knob(1, "Log the training loss every N steps.", ge=1)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -279,6 +286,16 @@ class OpenCompassConfig:
 
 
 @dataclass(frozen=True)
+class HumanEvalConfig:
+    sandbox: Literal["required", "none"] = knob(
+        "required",
+        "required: run the model's code only inside bubblewrap (read-only system, private scratch, no network, a "
+        "process cap), refusing where bwrap is missing; none: run it unsandboxed (a warning every run), which also "
+        "lets the lm-eval backend run code-executing tasks (HF_ALLOW_CODE_EVAL).",
+    )
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     backend: Literal["builtin", "lm-eval", "opencompass"] = knob(
         "builtin",
@@ -300,6 +317,7 @@ class EvalConfig:
         1000, "Bootstrap resamples for the average's 95% interval and the round-vs-round noise test.", ge=100
     )
     tasks: tuple[str, ...] = knob((), "lm-eval backend: harness task names (e.g. middo_gsm8k_local, or hub tasks).")
+    humaneval: HumanEvalConfig = field(default_factory=HumanEvalConfig)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
     opencompass: OpenCompassConfig = field(default_factory=OpenCompassConfig)
 
@@ -342,7 +360,16 @@ def _check_value(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _check_value(value, inner[0], path, problems)
+        for option in inner:  # the first type the value fits (int | Literal["auto"])
+            trial: list[str] = []
+            checked = _check_value(value, option, path, trial)
+            if not trial:
+                return checked
+        if len(inner) == 1:
+            problems.extend(trial)
+        else:
+            problems.append(f"{path}: must be {' or '.join(_type_name(a) for a in inner)}, got {value!r}")
+        return value
     if origin is dict:
         key_t, val_t = get_args(tp)
         if not isinstance(value, dict):

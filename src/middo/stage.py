@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,20 +26,50 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
-def relaunched_under_torchrun(processes: int) -> bool:
+def process_count(processes: int | str, device: str = "auto") -> int:
+    """``base.processes`` as a number: ``auto`` is one process per GPU this process sees (``CUDA_VISIBLE_DEVICES``
+    applies), and one where there is none or ``base.device`` is ``cpu``."""
+    if processes != "auto":
+        return int(processes)
+    if device == "cpu":
+        return 1
+    import torch  # only here: the light stages must not pay for importing torch
+
+    return max(1, torch.cuda.device_count())
+
+
+LAUNCHER_ENV = "MIDDO_LAUNCHER"  # a multi-node launcher command line (the README's cluster section)
+
+
+def relaunched_under_torchrun(processes: int | str, device: str = "auto") -> bool:
     """Re-run this very script under torchrun with ``processes`` workers; False when already inside one (or 1).
 
     This is what ``base.processes`` does: the stage command in dvc.yaml stays the same on one CPU or eight GPUs.
+    A launch from outside (``torchrun``, ``srun torchrun``: ``WORLD_SIZE`` is set) is honoured as it is, whatever
+    ``base.processes`` says. ``MIDDO_LAUNCHER`` replaces the one-machine launcher with a command line that starts
+    the job across nodes (``srun ... torchrun --nnodes ...``, the README's cluster section), so that ``dvc repro``
+    on one node runs each stage on all of them.
+
+    Args:
+        processes: ``base.processes`` (a count, or ``auto``: see :func:`process_count`).
+        device: ``base.device``.
 
     Raises:
         MiddoError: a worker failed (its traceback is in the log above).
     """
-    if processes <= 1 or "WORLD_SIZE" in os.environ:
+    if "WORLD_SIZE" in os.environ:
         return False
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    launcher = shlex.split(os.environ.get(LAUNCHER_ENV, ""))
+    what = f"{LAUNCHER_ENV} ({' '.join(launcher[:1])})"
+    if not launcher:
+        processes = process_count(processes, device)
+        if processes <= 1:
+            return False
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        what = f"torchrun with {processes} processes"
     code = subprocess.call([*launcher, sys.argv[0], *sys.argv[1:]])
     if code != 0:
-        raise MiddoError(f"torchrun with {processes} processes exited with status {code} (see the log above)")
+        raise MiddoError(f"{what} exited with status {code} (see the log above)")
     return True
 
 

@@ -7,10 +7,13 @@ on the response tokens only, the same tokens the complexity signal scores.
 Under torchrun (``base.processes``, or ``accelerate launch``) each process takes its share of every batch (so the
 effective batch is ``batch_size * grad_accum * processes``) and the checkpoint is saved through the trainer, which
 gathers DeepSpeed ZeRO-3 shards on every rank and writes on rank 0 alone, into one temp folder renamed once.
+Computing in bfloat16, the trained weights and AdamW's moments stay float32 unless ``train.pure_bf16`` (see
+:func:`_load_dtype`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -19,10 +22,11 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from middo.chat_template import make_tokenizer_portable
+from middo.checkpoint_config import make_config_portable
 from middo.config import TrainConfig
 from middo.dataio.atomic import atomic_write_text
 from middo.device import resolve_device, resolve_dtype
-from middo.distributed import Shard, atomic_dir_on_main, from_env, local_device
+from middo.distributed import Shard, atomic_dir_on_main, from_env, local_device, one_process_group
 from middo.errors import MiddoError
 from middo.modeling import load_tokenizer, merged_adapter_model, record_adapter_base
 from middo.optional import require
@@ -74,6 +78,24 @@ def check_trainable(trainer, n_records: int, where: str | Path, cfg: TrainConfig
 def _precision(args) -> str:
     """The dtype training computes in, from the trainer's arguments (mixed precision flags, else float32)."""
     return "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+
+
+def _load_dtype(cfg: TrainConfig, dt):
+    """The dtype the weights load in, for a run that computes in ``dt``.
+
+    AdamW on bfloat16 weights keeps bfloat16 moments and no float32 copy: with 8 bits of mantissa an update below
+    about 1/256 of a weight rounds away, which at learning rates of 1e-5 is most of them. So the trained weights load
+    in float32 and bf16 autocast does the compute (``bf16=True``), unless ``train.pure_bf16`` asks for bfloat16
+    weights. DeepSpeed keeps its own float32 copy in the optimizer, LoRA trains adapters (peft makes them float32)
+    over a frozen base, and float16 mixed precision needs float32 weights (its grad scaler refuses float16 ones).
+    """
+    import torch
+
+    if dt == torch.float16:
+        return torch.float32
+    if dt == torch.bfloat16 and not (cfg.pure_bf16 or cfg.deepspeed or cfg.lora.enabled):
+        return torch.float32
+    return dt
 
 
 def build_trainer(
@@ -147,15 +169,20 @@ def build_trainer(
     # after the arguments: with a ZeRO-3 config they make from_pretrained load each rank's shard only (zero.Init)
     model = AutoModelForCausalLM.from_pretrained(
         base_model,
-        dtype=torch.float32 if dt == torch.float16 else dt,
+        dtype=_load_dtype(cfg, dt),
         local_files_only=True,
         attn_implementation=cfg.attn_implementation,
         trust_remote_code=trust_remote_code,
     )
     dataset = Dataset.from_list(to_prompt_completion(records))
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
+    if cfg.lora.enabled and cfg.pure_bf16 and dt == torch.bfloat16 and not cfg.deepspeed:
+        for param in trainer.model.parameters():  # peft made the adapters float32; pure bf16 means bf16 (no copy)
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+    return trainer
 
 
 class LiveCurves(TrainerCallback):
@@ -207,12 +234,17 @@ def save_checkpoint(
     """
     merge = cfg.lora.enabled and cfg.lora.merge
     saved = target.parent / "adapter" if merge else target
+    if trainer.args.bf16 and not (cfg.lora.enabled or cfg.deepspeed):
+        import torch  # float32 master weights (_load_dtype): saved in bfloat16, as the model runs and DeepSpeed saves
+
+        trainer.model.to(torch.bfloat16)
     trainer.save_model(str(saved))
     if not shard.is_main:
         return
     # a pickle of the arguments (temp paths and all): neither safe to load nor the same on two identical runs
     (saved / "training_args.bin").unlink(missing_ok=True)
     make_tokenizer_portable(saved)
+    make_config_portable(saved)  # rope_theta/rope_scaling for transformers 4 readers (OpenCompass)
     if not cfg.lora.enabled:
         return
     (saved / "README.md").unlink(missing_ok=True)  # peft's model card names the base by its path on this machine
@@ -225,8 +257,28 @@ def save_checkpoint(
         model.save_pretrained(target)
         trainer.processing_class.save_pretrained(target)
         make_tokenizer_portable(target)
+        make_config_portable(target)
     else:
         record_adapter_base(target, base_model, final)
+
+
+def _needs_group_of_one(cfg: TrainConfig, dev) -> bool:
+    """Whether one process with no launcher must train as rank 0 of a process group of one.
+
+    DeepSpeed finds its ranks in torchrun's environment, else through MPI (``mpi4py``, rarely installed); and with
+    several GPUs visible transformers wraps the model in ``nn.DataParallel``, which TRL refuses, where one rank of a
+    group drives ``cuda:0`` alone. One process on one GPU or on the CPU trains as it always did.
+    """
+    import torch
+
+    return bool(cfg.deepspeed) or (dev.type == "cuda" and dev.index is None and torch.cuda.device_count() > 1)
+
+
+def _global_batch(args) -> tuple[int, str, str, str]:
+    """The samples per optimizer step as the trainer will run them, and its three factors, named for the log."""
+    per_device, accum, world = args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
+    factors = (f"{per_device} per device", f"{accum} accumulation", f"{world} process{'es' * (world > 1)}")
+    return (per_device * accum * world, *factors)
 
 
 def train_sft(
@@ -263,45 +315,52 @@ def train_sft(
     where = data_path or "train"  # the stage passes the file; a caller with records in memory gets the stage name
     if not records:
         raise MiddoError(f"{where}: the dataset is empty (0 records); nothing to train on")
-    device = local_device(device)  # under torchrun each process drives cuda:LOCAL_RANK
-    # join the process group first (gloo for CPU training, even where CUDA exists); the trainer reuses it
-    shard = from_env("gloo" if resolve_device(device).type == "cpu" else None)
-    with atomic_dir_on_main(out_dir, shard) as target:
-        trainer = build_trainer(
-            records, base_model, target.parent / "trainer", cfg, seed, device, dtype, trust_remote_code
-        )
-        check_trainable(trainer, len(records), where, cfg)
-        if live_dir is not None:
-            trainer.add_callback(LiveCurves(live_dir))
-        env = environment(device=device_name(trainer.args.device), dtype=_precision(trainer.args))
-        start = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - start
-        save_checkpoint(trainer, target, Path(out_dir), base_model, cfg, shard, trust_remote_code)
-        if not shard.is_main:
-            return {}
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        # tokens actually seen (TRL logs a running count); max_steps can stop before the epoch ends
-        seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
-        n_tokens = int(seen[-1]) if seen else int(sum(len(x) for x in trainer.train_dataset["input_ids"]) * cfg.epochs)
-        metrics = {
-            "samples": len(records),
-            # TRL drops samples whose response was cut off entirely by max_length; count them, never hide them
-            "dropped_fully_truncated": len(records) - len(trainer.train_dataset),
-            "processes": shard.world,
-            "effective_batch_size": cfg.batch_size * cfg.grad_accum * shard.world,
-            "steps": trainer.state.global_step,
-            "train_loss": result.training_loss,
-            "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None,
-            "seconds": round(seconds, 2),
-            "tokens_seen": n_tokens,
-            "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
-            "loss_history": losses,
-        }
-        timing = ("seconds", "tokens_per_second")
-        kept = {k: v for k, v in metrics.items() if k not in timing}
-        atomic_write_text(target / "train_metrics.json", json.dumps(kept, indent=2) + "\n")
+    dev = resolve_device(device)
+    backend = "gloo" if dev.type == "cpu" else None  # gloo for CPU training, even where CUDA exists
+    with contextlib.ExitStack() as stack:
+        if _needs_group_of_one(cfg, dev):
+            stack.enter_context(one_process_group(backend))
+        device = local_device(device)  # under torchrun each process drives cuda:LOCAL_RANK
+        shard = from_env(backend)  # join the process group first; the trainer reuses it
+        with atomic_dir_on_main(out_dir, shard) as target:
+            trainer = build_trainer(
+                records, base_model, target.parent / "trainer", cfg, seed, device, dtype, trust_remote_code
+            )
+            check_trainable(trainer, len(records), where, cfg)
+            if live_dir is not None:
+                trainer.add_callback(LiveCurves(live_dir))
+            env = environment(device=device_name(trainer.args.device), dtype=_precision(trainer.args))
+            batch = _global_batch(trainer.args)
+            if shard.is_main:
+                print(f"train: global batch {batch[0]} = {' x '.join(map(str, batch[1:]))}", flush=True)
+            start = time.perf_counter()
+            result = trainer.train()
+            seconds = time.perf_counter() - start
+            save_checkpoint(trainer, target, Path(out_dir), base_model, cfg, shard, trust_remote_code)
+            if not shard.is_main:
+                return {}
+            losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+            # tokens actually seen (TRL logs a running count); max_steps can stop before the epoch ends
+            seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+            n_tokens = int(seen[-1]) if seen else int(sum(map(len, trainer.train_dataset["input_ids"])) * cfg.epochs)
+            metrics = {
+                "samples": len(records),
+                # TRL drops samples whose response was cut off entirely by max_length; count them, never hide them
+                "dropped_fully_truncated": len(records) - len(trainer.train_dataset),
+                "processes": shard.world,
+                "effective_batch_size": batch[0],
+                "steps": trainer.state.global_step,
+                "train_loss": result.training_loss,
+                "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None,
+                "seconds": round(seconds, 2),
+                "tokens_seen": n_tokens,
+                "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
+                "loss_history": losses,
+            }
+            timing = ("seconds", "tokens_per_second")
+            kept = {k: v for k, v in metrics.items() if k not in timing}
+            atomic_write_text(target / "train_metrics.json", json.dumps(kept, indent=2) + "\n")
     if metrics_path is not None:
         scalars = {k: v for k, v in metrics.items() if k != "loss_history"}
         atomic_write_text(metrics_path, json.dumps({"train": scalars, "env": env}, indent=2) + "\n")

