@@ -7,9 +7,12 @@ from middo.base_model import BaseModelError, embedded_gguf, load_gguf, materiali
 
 
 @pytest.mark.slow
-def test_converted_logits_equal_gguf(base_model_dir):
+def test_converted_logits_equal_gguf(tmp_path):
+    """Converted here and now, not the ``base_model_dir`` fixture's folder: that one is reused across runs, so on a
+    warm machine it would be whatever an older converter wrote (~25 s on a 2-core CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    base_model_dir = materialise("embedded:smollm2-135m-instruct", tmp_path / "base", False, "auto", False)
     gguf_model, gguf_tok = load_gguf(*embedded_gguf("smollm2-135m-instruct"))
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(base_model_dir, local_files_only=True)

@@ -6,9 +6,9 @@ watching (a lent GPU); these checks make the docs fail here instead.
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
-import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

@@ -200,6 +200,54 @@ def test_every_stage_lists_exactly_the_params_it_reads():
     assert not problems, "\n".join(problems)
 
 
+def _path_params() -> dict[str, set[str]]:
+    """Dotted params key -> the paths inside this checkout that its value names in params.yaml or any preset.
+
+    A value is a path here when it is relative and lies under a folder git tracks (``configs/deepspeed/zero2.json``,
+    ``data/alpaca/...``) or under a stage's output (``models/base``); caches (``.cache/...``), URLs, names and
+    absolute paths outside the checkout (a preset's ``/models/...``) are not: DVC cannot hash what is not here.
+    """
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    folders = {str(p) for f in tracked for p in Path(f).parents if str(p) != "."}
+    outs = {o if isinstance(o, str) else next(iter(o)) for s in _stages().values() for o in s.get("outs", [])}
+    roots = folders | {o for o in outs if "${" not in o}
+
+    def leaves(tree, path=""):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{path}{key}.")
+            else:
+                yield f"{path}{key}", value
+
+    found: dict[str, set[str]] = {}
+    for source in [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))]:
+        for key, value in leaves(yaml.safe_load(source.read_text()) or {}):
+            if not isinstance(value, str) or not value or "://" in value or Path(value).is_absolute():
+                continue
+            if any(value == r or value.startswith(r + "/") for r in roots):
+                found.setdefault(key, set()).add(value)
+    return found
+
+
+def test_every_path_valued_param_a_stage_reads_is_a_dep():
+    """A stage that reads a config file through a param (``train.deepspeed``) must depend on it, or editing the file
+    re-runs nothing. A dep covers the path when it is ``${key}`` or the path itself or a folder above it (for a param
+    whose default is empty, the folder its presets point into)."""
+    paths = _path_params()
+    assert {"train.deepspeed", "data.seed_path", "eval.lm_eval.include_path"} <= set(paths)  # the finder finds them
+    problems = []
+    for name, stage in _stages().items():
+        deps = stage.get("deps", [])
+        for key, values in sorted(paths.items()):
+            if not any(_covers(d, key) for d in _declared_params(stage)):
+                continue
+            for value in sorted(values):
+                if f"${{{key}}}" in deps or any(value == d or value.startswith(d.rstrip("/") + "/") for d in deps):
+                    continue
+                problems.append(f"stage {name}: reads {key} (a path, {value}) but dvc.yaml does not list it in deps")
+    assert not problems, "\n".join(problems)
+
+
 def test_the_graph_walker_sees_lazy_and_registry_imports():
     # the walker itself must not miss what Python would run: a lazy import inside a function, a registry string
     code = {p.relative_to(SRC).as_posix() for p in _stage_code(ROOT / "stages/refine.py") if SRC in p.parents}

@@ -4,7 +4,9 @@ import torch
 
 from middo.diagnose.quality import (
     JUDGEMENTS,
+    SCORE_PREFIX,
     _chat_ids,
+    _expected_scores,
     aggregate,
     agreement,
     average_ranks,
@@ -115,13 +117,14 @@ def test_unparseable_generate_answer_scores_zero_and_is_counted(base_model_dir):
     from middo.modeling import load_tokenizer
 
     tok = load_tokenizer(base_model_dir)
-    replies = ["7 - clear", "Looks fine to me", "12/10", "9", "5", "no idea"]
+    # the first number (not the "10" of "/10", nor the 8), clipped to 0..10; none at all scores 0
+    replies = ["7 - clear", "Looks fine to me", "12/10", "3/10, maybe 8", "-4", "no idea"]
     model = _ScriptedModel(tok, dict(zip(JUDGEMENTS, replies)))
     res, answers = judge_generate(model, tok, [REC], "cpu", max_new_tokens=8)
     assert [a.strip() for a in answers] == replies
-    np.testing.assert_array_equal(res.scores, [[7.0, 0.0, 10.0, 9.0, 5.0, 0.0]])
-    assert res.status_counts == {"ok": 3, "clamped": 1, "unparseable": 2}
-    assert res.mean[0] == pytest.approx((7 + 0 + 10 + 9 + 5 + 0) / 6)
+    np.testing.assert_array_equal(res.scores, [[7.0, 0.0, 10.0, 3.0, 0.0, 0.0]])
+    assert res.status_counts == {"ok": 2, "clamped": 2, "unparseable": 2}
+    assert res.mean[0] == pytest.approx(((7 + 3) / 2 + (0 + 0) / 2 + (10 + 0) / 2) / 3)
 
 
 GOOD = Record(id="g", instruction="What is the capital of France?", output="The capital of France is Paris.")
@@ -152,3 +155,90 @@ def test_generate_mode_counts_every_answer(scoring_model):
     assert sum(res.status_counts.values()) == 12
     assert not np.isnan(res.scores).any()  # unparseable answers score 0, they are not dropped
     assert (res.scores == 0).sum() >= res.status_counts["unparseable"]
+
+
+# The logits judge's arithmetic on hand-set distributions. The "head" is the identity, so the hidden states passed
+# in are the logits themselves; a vocabulary of 40 with "0".."9" at ids 10..19 and other tokens around them.
+DIGITS = list(range(10, 20))
+SPLIT_TEN = [11, 10]  # "10" as the tokens "1", "0" (SmolLM2's tokenizer splits digits)
+ONE_TEN = [30]  # "10" as a single token
+
+
+def _logits(probs: dict[int, float], vocab: int = 40) -> torch.Tensor:
+    """One row of logits whose softmax puts ``probs`` on those ids and nothing on the rest."""
+    row = torch.full((vocab,), -1e4)
+    for token, p in probs.items():
+        row[token] = float(np.log(p))
+    return row[None]
+
+
+def _expected(first: dict[int, float], second: dict[int, float] | None, ten=SPLIT_TEN) -> float:
+    h2 = _logits(second) if second is not None else None
+    return float(_expected_scores(torch.nn.Identity(), _logits(first), h2, DIGITS, ten)[0])
+
+
+@pytest.mark.parametrize(
+    "first,second,expected",
+    [
+        ({DIGITS[7]: 1.0}, {DIGITS[0]: 1.0}, 7.0),  # all mass on "7"
+        ({DIGITS[0]: 1.0}, {DIGITS[0]: 1.0}, 0.0),
+        ({DIGITS[1]: 1.0}, {DIGITS[0]: 1.0}, 10.0),  # "1" then surely "0": a ten
+        ({DIGITS[1]: 1.0}, {DIGITS[5]: 1.0}, 1.0),  # "1" then anything but "0": a one
+        ({DIGITS[1]: 1.0}, {DIGITS[0]: 0.25, 5: 0.75}, 0.25 * 10 + 0.75 * 1),  # the "0" after "1" decides
+        # mass outside the digits is dropped and the rest renormalised: P(1) = P(3) = 0.5, P("0" | "1") = 0.4, so
+        # P(one) = 0.3, P(three) = 0.5, P(ten) = 0.2 and the expected score 0.3 + 1.5 + 2.0
+        ({DIGITS[1]: 0.25, DIGITS[3]: 0.25, 5: 0.5}, {DIGITS[0]: 0.4, DIGITS[2]: 0.6}, 3.8),
+    ],
+)
+def test_expected_score_with_a_split_ten(first, second, expected):
+    assert _expected(first, second) == pytest.approx(expected, abs=1e-6)  # softmax in float32
+
+
+@pytest.mark.parametrize(
+    "first,expected",
+    [
+        ({DIGITS[7]: 1.0}, 7.0),
+        ({ONE_TEN[0]: 1.0}, 10.0),
+        ({DIGITS[1]: 1.0}, 1.0),
+        ({ONE_TEN[0]: 0.25, DIGITS[2]: 0.25, 5: 0.5}, 6.0),  # renormalised over "0".."10": half 10, half 2
+    ],
+)
+def test_expected_score_with_a_one_token_ten(first, expected):
+    assert _expected(first, None, ONE_TEN) == pytest.approx(expected, abs=1e-6)
+
+
+def _reference_scores(model, tokenizer, rec: Record) -> list[float]:
+    """The slow, obvious way: for each judgement, the full-vocabulary softmax after "Score: " gives P("0".."9");
+    a second pass with "1" appended gives P("0" | "1"), which splits P("1") into a one and a ten."""
+    scores = []
+    for judgement in JUDGEMENTS:
+        chat = tokenizer.apply_chat_template(
+            [{"role": "user", "content": judge_prompt(rec, judgement)}], tokenize=False, add_generation_prompt=True
+        )
+
+        def next_token_probs(text: str) -> torch.Tensor:
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            with torch.inference_mode():
+                return torch.softmax(model(input_ids=ids).logits[0, -1].double(), -1)
+
+        first = next_token_probs(chat + SCORE_PREFIX)
+        zero_after_one = next_token_probs(chat + SCORE_PREFIX + "1")[tokenizer.convert_tokens_to_ids("0")]
+        p = {d: float(first[tokenizer.convert_tokens_to_ids(str(d))]) for d in range(10)}
+        total = sum(p.values())
+        p[10] = p[1] * float(zero_after_one)
+        p[1] -= p[10]
+        scores.append(sum(k * v for k, v in p.items()) / total)
+    return scores
+
+
+@pytest.mark.slow
+def test_logits_judge_matches_a_full_vocabulary_reference(scoring_model, one_torch_thread):
+    """Both paths of the fast judge (shared-prefix cache and one pass per prompt) against the reference: a wrong read
+    position, a wrong split-"10" formula or a reversed scale each move the scores far past the tolerance."""
+    lm = scoring_model
+    assert lm.tokenizer.encode("10", add_special_tokens=False) == lm.tokenizer.encode("1") + lm.tokenizer.encode("0")
+    ref = np.array([_reference_scores(lm.model, lm.tokenizer, r) for r in (GOOD, BAD)])
+    assert np.ptp(ref) > 0.1  # the scores differ between judgements and samples: a mix-up cannot match by chance
+    for share_prefix in (True, False):
+        res = judge_logits(lm.model, lm.tokenizer, [GOOD, BAD], lm.device, share_prefix=share_prefix)
+        np.testing.assert_allclose(res.scores, ref, atol=1e-4, err_msg=f"share_prefix={share_prefix}")

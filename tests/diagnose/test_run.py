@@ -1,14 +1,16 @@
 import json
 
+import numpy as np
 import polars as pl
 import pytest
 from tiny_models import tiny_model
 
 from middo.config import DiagnoseConfig, DiversityConfig, QualityConfig
 from middo.dataio import read_dataset, write_jsonl
-from middo.diagnose.quality import JUDGEMENTS
+from middo.diagnose.quality import JUDGEMENTS, agreement, judge_generate, judge_logits
 from middo.diagnose.run import diagnose_dataset
 from middo.errors import MiddoError
+from middo.modeling import load_model
 from middo.provenance import PACKAGES
 from middo.records import Record
 
@@ -67,15 +69,25 @@ def test_round_outputs(base_model_dir, tmp_path):
     saved = json.loads((tmp_path / "diagnose.json").read_text())["diagnose"]
     assert saved["n"] == len(SAMPLES)
     assert set(saved["quality"]["agreement"]) == {"n", "within_tolerance", "pearson", "spearman"}
-    assert sum(saved["quality"]["other_mode_status"].values()) == len(SAMPLES) * 6
-    assert saved["quality"]["unparseable"] == 0  # logits mode always reads a number
-    # generate mode ran as the other mode: its unparseable answers are counted, and scored 0 (none unscored)
-    assert set(saved["quality"]["other_mode_status"]) == {"ok", "clamped", "unparseable"}
     assert saved["unscored"]["quality"] == 0
     assert set(summary["quality_seconds"]) == {"logits", "generate"}
     env = json.loads((tmp_path / "diagnose.json").read_text())["env"]
     assert set(env) == {"python", *PACKAGES, "device", "dtype"}
     assert env["device"] == "cpu" and env["dtype"] in ("float32", "bfloat16")  # what 'auto' resolved to
+
+    # the configured judge (logits) wrote the table and the other (generate) the comparison: each equals a direct call
+    # with the same settings (one window, the same batches, so the same numbers in either dtype)
+    lm = load_model(model, "cpu", env["dtype"])
+    q = cfg.quality
+    logits = judge_logits(lm.model, lm.tokenizer, SAMPLES, lm.device, cfg.max_tokens, q.max_chars)
+    generated, _ = judge_generate(lm.model, lm.tokenizer, SAMPLES, lm.device, cfg.max_tokens, 4, q.max_chars)
+    table_scores = table.select([f"q_{j}" for j in JUDGEMENTS]).to_numpy()
+    np.testing.assert_allclose(table_scores, logits.scores, rtol=0, atol=1e-6)
+    assert not np.allclose(table_scores, np.round(table_scores))  # expected values, not generate's whole numbers
+    assert saved["quality"]["mode"] == "logits"
+    assert saved["quality"]["status"] == {"ok": len(SAMPLES) * len(JUDGEMENTS)}
+    assert saved["quality"]["other_mode_status"] == generated.status_counts
+    assert saved["quality"]["agreement"] == pytest.approx(agreement(logits.mean, generated.mean), nan_ok=True)
 
 
 def test_fewer_than_k_plus_one_samples_names_file_count_and_param(tmp_path):

@@ -404,3 +404,36 @@ def test_a_real_local_teacher_is_asked_the_right_prompts(base_model_dir, one_tor
     assert res.report["teacher_calls"] == 3 + len(asked_to_answer)
     assert [r for r in res.records if r.parent_id is None][-2:] == RECORDS[3:]  # untouched samples pass through
     _assert_counts_add_up(res, RECORDS)
+
+
+def test_a_new_sample_does_not_inherit_its_parents_meta():
+    """A parent's labels (here a category) describe the parent; the new sample reaches them through its lineage."""
+    labelled = [dataclasses.replace(r, meta={"category": "hard", "source": "seed"}) for r in RECORDS]
+    res = _refine(labelled, ONE_EACH, ScriptedTeacher(), neighbors={"rare": ["ok1"]})
+    children = {r.parent_id: r for r in res.records if r.parent_id}
+    assert set(children) == {"hard", "poor", "rare"}
+    for rid, axis in (("hard", "complexity"), ("poor", "quality"), ("rare", "diversity")):
+        new = children[rid]
+        assert new.meta == {} and "meta" not in new.to_dict()
+        assert (new.parent_id, new.round, new.axis, new.op) == (rid, 1, axis, OPS[axis])
+    assert next(r for r in res.records if r.id == "rare").meta == {"category": "hard", "source": "seed"}
+
+
+def test_an_untagged_diversify_reply_must_read_as_a_prompt():
+    """Without a <prompt> block nothing marks the reply as a prompt: an essay is rejected, a question is used."""
+    essay = (
+        "The fornyrðislag meter is an old Germanic verse form. It was used in the Poetic Edda and in many runic "
+        "inscriptions."
+    )
+    teacher = ScriptedTeacher(
+        {("diversify", "fornyr"): essay, ("diversify", "synonym"): "Name three synonyms for small"}
+    )
+    res = _refine(RECORDS, {"diversity": {"rare", "ok1"}}, teacher)
+    assert {c["parent_id"]: c["status"] for c in res.changes} == {
+        "rare": "rejected: untagged reply does not read as a prompt",
+        "ok1": "fallback",
+    }
+    child = next(r for r in res.records if r.parent_id == "ok1")
+    assert child.instruction == "Name three synonyms for small" and child.op == "diversify"
+    assert res.report["teacher_calls"] == 3  # the essay was never sent to be answered
+    _assert_counts_add_up(res, RECORDS)

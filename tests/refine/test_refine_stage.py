@@ -330,18 +330,24 @@ def test_a_new_model_at_the_same_path_is_asked_again(base_model_dir, tmp_path):
     assert (swapped.hits, swapped.misses) == (0, 2)
 
 
-@pytest.mark.server
 @pytest.mark.slow
-def test_killed_stage_resumes_from_cache(served_model, tmp_path):
-    """Kill the refine stage mid-run, re-run: fewer teacher calls, same output as an uninterrupted run."""
+def test_killed_stage_resumes_from_cache(chat_server, tmp_path):
+    """Kill the refine stage mid-run, re-run: fewer teacher calls, same output as an uninterrupted run.
+
+    The scripted teacher writes good samples, so every rewrite is followed by an answer call, and takes a second over
+    each answer: the rewrites are cached (one chunk) while the answers are still being asked, which is when the kill
+    lands. (The served 135M model's replies were all rejected, leaving no second call to kill the stage in.)
+    """
     _inputs(tmp_path)
-    teacher = {
-        "backend": "openai",
-        "model": served_model.model,
-        "base_url": served_model.base_url,
-        "max_new_tokens": 48,
-        "concurrency": 1,
-    }
+    reply = script()
+
+    def slow_answers(message: str) -> str | None:
+        if message.startswith(answer_prompt("")):
+            time.sleep(1.0)
+        return reply(message)
+
+    server = chat_server(slow_answers)
+    teacher = {"backend": "openai", "model": "scripted", "base_url": server.base_url, "concurrency": 1}
 
     def cmd(tag, cache):
         params = tmp_path / f"params_{tag}.yaml"

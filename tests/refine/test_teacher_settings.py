@@ -12,6 +12,7 @@ from test_refine_stage import RECORDS, _assert_counts_add_up, _inputs, _openai, 
 from middo.config import TeacherConfig, VllmEngineConfig
 from middo.refine.prompts import REWRITE_SCHEMA
 from middo.refine.run import build_teacher, teacher_kwargs
+from middo.teachers.base import Sampling
 from middo.teachers.cache import server_identity
 
 STRUCTURED = {
@@ -139,3 +140,45 @@ def test_each_backend_gets_its_settings(tmp_path):
     )
     local = TeacherConfig(backend="transformers", system_prompt="Be terse.")
     assert teacher_kwargs(local, "cpu", "float32")["system_prompt"] == "Be terse."
+
+
+def _local_teacher(base_model_dir, tmp_path, device: str, dtype: str):
+    from tiny_models import tiny_model
+
+    model = tiny_model(base_model_dir, tmp_path / "tiny")
+    cfg = TeacherConfig(backend="transformers", model=str(model), cache_dir=str(tmp_path / "cache"))
+    return build_teacher(cfg, device, dtype)
+
+
+@pytest.mark.slow
+def test_a_local_teachers_cache_key_names_its_dtype_and_device(base_model_dir, tmp_path, one_torch_thread):
+    """bfloat16 and float32 greedy replies differ, so a reply cached under one must not answer the other."""
+    import torch
+
+    from middo.device import cpu_has_native_bf16
+
+    f32 = _local_teacher(base_model_dir, tmp_path, "cpu", "float32")
+    bf16 = _local_teacher(base_model_dir, tmp_path, "cpu", "bfloat16")
+    assert (f32.teacher.loaded.model.dtype, bf16.teacher.loaded.model.dtype) == (torch.float32, torch.bfloat16)
+    assert (f32.identity["device"], f32.identity["dtype"], bf16.identity["dtype"]) == ("cpu", "float32", "bfloat16")
+    assert {**f32.identity, "dtype": "bfloat16"} == bf16.identity  # the same weights: only the dtype differs
+    # "auto" is keyed on what it resolves to on this machine, so it shares the matching explicit setting's replies
+    auto = _local_teacher(base_model_dir, tmp_path, "cpu", "auto")
+    assert auto.identity == (bf16 if cpu_has_native_bf16() else f32).identity
+
+    sampling = Sampling(max_new_tokens=8, temperature=1.0, seed=7)  # greedy, the random model says nothing
+    (reply,) = f32.complete(["Name a colour."], sampling)
+    assert reply and (f32.hits, f32.misses) == (0, 1)
+    assert bf16.complete(["Name a colour."], sampling) != [None] and (bf16.hits, bf16.misses) == (0, 1)  # asked
+    again = _local_teacher(base_model_dir, tmp_path, "cpu", "float32")
+    assert again.complete(["Name a colour."], sampling) == [reply] and (again.hits, again.misses) == (1, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_local_teachers_cache_key_differs_between_cpu_and_cuda(base_model_dir, tmp_path):
+    """A CPU's and a GPU's kernels round differently, so the same weights and dtype still give two keys."""
+    cpu = _local_teacher(base_model_dir, tmp_path, "cpu", "float32")
+    gpu = _local_teacher(base_model_dir, tmp_path, "cuda", "float32")
+    assert (cpu.identity["device"], gpu.identity["device"]) == ("cpu", "cuda")
+    assert {**cpu.identity, "device": "cuda"} == gpu.identity

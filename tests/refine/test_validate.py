@@ -7,7 +7,14 @@ import pytest
 
 from middo.records import Record
 from middo.refine.prompts import ANSWER, DIVERSIFY, IMPROVE, SIMPLIFY
-from middo.refine.validate import degenerate, instruction_reason, reject_reason
+from middo.refine.validate import (
+    NEAR_COPY_RATIO,
+    degenerate,
+    instruction_reason,
+    reads_as_prompt,
+    reject_reason,
+    similarity,
+)
 
 PARENT = Record(
     id="p",
@@ -193,7 +200,7 @@ def test_stale_input_beside_a_rewritten_instruction():
 def test_degenerate_text(text, why):
     assert degenerate(text) == why
     assert _reason(output=text) == f"degenerate answer ({why})"
-    assert _reason(instruction=text).startswith(("degenerate instruction", "instruction too short"))
+    assert _reason(instruction=text) == f"degenerate instruction ({why})"  # each is long enough to be measured
 
 
 @pytest.mark.parametrize(
@@ -250,3 +257,121 @@ def test_prompts_about_prompts_are_still_fine():
     parent = Record(id="p", instruction="Summarise the text.", output="A summary.")
     for ok in ("Write a prompt that asks a model to list three fruits.", "Explain what a prompt is in psychology."):
         assert instruction_reason(ok, parent, "", must_differ=True) is None
+
+
+# A diversify sample the 135M demo teacher wrote into data/round_1 of a fresh-clone `make demo` (CPU, float32), as
+# issue 21 quotes it: parent seed-0010 (eigenvalues of symmetric matrices, meta {"category": "hard"}), reply status
+# "fallback". The instruction is an untagged paragraph; the answer is that paragraph with a few words changed.
+GREENHOUSE_Q = (
+    "The greenhouse effect is a phenomenon that occurs when the Earth's atmosphere traps a large amount of heat. It "
+    "is caused by the absorption of infrared radiation by greenhouse gases, such as carbon dioxide, methane, and "
+    "ozone. This process is known as the greenhouse effect. The greenhouse effect is a natural process that keeps "
+    "the Earth warm, but human activities are making it stronger."
+)
+GREENHOUSE_A = (
+    "The greenhouse effect is a phenomenon that occurs when the Earth's atmosphere traps a large amount of heat. It "
+    "is caused by the absorption of infrared radiation by greenhouse gases, such as carbon dioxide, methane, and "
+    "ozone. This process is known as the greenhouse effect. It helps regulate the Earth's climate, but human "
+    "activities are making it stronger."
+)
+SEED_0010 = Record(
+    id="seed-0010",
+    instruction="Show that the eigenvalues of a real symmetric matrix are real and that eigenvectors for distinct "
+    "eigenvalues are orthogonal.",
+    output="Let A be real with A^T = A and Av = λv ...",
+    meta={"category": "hard"},
+)
+
+
+def test_the_demo_greenhouse_sample_is_rejected_twice_over():
+    """Its answer is a near copy of its instruction, and its untagged instruction is an essay, not a prompt."""
+    assert similarity(GREENHOUSE_A, GREENHOUSE_Q) == pytest.approx(0.880, abs=0.001)
+    assert reject_reason(GREENHOUSE_Q, "", GREENHOUSE_A, SEED_0010, DIVERSIFY, must_differ=True) == (
+        "answer is a near copy of the instruction"
+    )
+    assert instruction_reason(GREENHOUSE_Q, SEED_0010, DIVERSIFY, must_differ=True, untagged=True) == (
+        "untagged reply does not read as a prompt"
+    )
+    # the same paragraph inside a <prompt> block is a teacher's deliberate choice: only its answer decides
+    assert instruction_reason(GREENHOUSE_Q, SEED_0010, DIVERSIFY, must_differ=True) is None
+
+
+@pytest.mark.parametrize(
+    "instruction,output",
+    [
+        # a sentence edited in a long prompt
+        (
+            "Describe the water cycle: evaporation from oceans, condensation into clouds, precipitation as rain or "
+            "snow, and collection in rivers and lakes.",
+            "Describe the water cycle: evaporation from the oceans, condensation into clouds, precipitation as rain "
+            "and snow, and collection in lakes and rivers.",
+        ),
+        # the question restated as a statement with the same words
+        (
+            "Why do leaves of deciduous trees change colour in the autumn before they fall from the branches?",
+            "Leaves of deciduous trees change colour in the autumn before they fall from the branches.",
+        ),
+    ],
+)
+def test_an_answer_that_is_the_instruction_with_small_edits_is_rejected(instruction, output):
+    assert similarity(output, instruction) >= NEAR_COPY_RATIO
+    assert _reason(instruction, output, template=DIVERSIFY) == "answer is a near copy of the instruction"
+
+
+def test_an_answer_on_the_instructions_words_in_its_own_sentences_is_fine():
+    """The bar sits above every accepted pair of this file (at most 0.667) and below every echo (0.737 up)."""
+    question = "Explain how the greenhouse effect warms the Earth and why carbon dioxide matters for it."
+    answer = (
+        "Sunlight warms the ground, which radiates infrared; carbon dioxide and other greenhouse gases absorb that "
+        "infrared and send part of it back, so the Earth stays warmer than it would without them."
+    )
+    assert similarity(answer, question) < 0.3
+    assert _reason(question, answer, template=DIVERSIFY) is None
+    quoted = f"{GOOD_Q} Answer: the road was crossed by the frog, which is the passive form."
+    assert similarity(quoted, GOOD_Q) == pytest.approx(0.649, abs=0.001)  # the closest accepted pair but one
+    assert similarity("I love you", "Repeat after me: I love you") == pytest.approx(0.667, abs=0.001)
+
+
+def test_similarity_counts_words_in_order():
+    assert similarity("a b c d", "a b c d") == 1.0
+    assert similarity("a b c d", "e f g h") == 0.0
+    assert similarity("A, b; C d!", "a b c d") == 1.0  # case and punctuation are not words
+    assert similarity("a b c d", "d c b a") == 0.25  # one word in order of four: 2 * 1 / 8
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "What causes the seasons on Earth",  # a question without its mark
+        "How would you explain tides to a child?",
+        "Tides rise twice a day, so what pulls the water up?",  # only its question mark says it asks
+        "Write a haiku about the first snow.",
+        "{1, 2, 3} is a set. List all of its subsets.",  # context first, the task last
+        "Given a list of numbers, find the two that sum to ten.",  # the verb after a leading clause
+        "In three sentences, summarise the causes of the French Revolution.",
+        "Please name three rivers in Africa.",
+        "You are a travel agent planning a week in Norway for a family of four. Is a train pass worth it",
+    ],
+)
+def test_an_untagged_reply_that_reads_as_a_prompt_is_accepted(reply):
+    assert reads_as_prompt(reply)
+    assert instruction_reason(reply, PARENT, DIVERSIFY, must_differ=True, untagged=True) is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        GREENHOUSE_Q,
+        "The instruction is to merge two lists.",
+        "Photosynthesis is the process by which plants turn light into chemical energy. It takes place in the "
+        "chloroplasts, which hold chlorophyll.",
+        "A new prompt about rivers.",
+        "When water freezes, it expands.",
+    ],
+)
+def test_an_untagged_reply_that_states_things_is_rejected(reply):
+    assert not reads_as_prompt(reply)
+    assert instruction_reason(reply, PARENT, DIVERSIFY, must_differ=True, untagged=True) == (
+        "untagged reply does not read as a prompt"
+    )
+    assert instruction_reason(reply, PARENT, DIVERSIFY, must_differ=True) is None  # a tagged one is not held to it

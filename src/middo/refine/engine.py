@@ -34,7 +34,9 @@ class RefineResult:
 
 def _derived(parent: Record, instruction: str, output: str, axis: str, op: str, round_: int) -> Record:
     """A new sample with its lineage. Its input is always empty: every operation turns the parent's prompt (its
-    instruction and input together) into one new prompt, so the parent's input would be stale beside it."""
+    instruction and input together) into one new prompt, so the parent's input would be stale beside it. Its
+    ``meta`` is empty too: the parent's labels (a category, a source) describe the parent, not the new text; the
+    lineage (``parent_id``, ``axis``, ``op``) leads back to them."""
     return Record(
         id=content_id(instruction, "", output, parent.system, parent.history),
         instruction=instruction,
@@ -46,7 +48,6 @@ def _derived(parent: Record, instruction: str, output: str, axis: str, op: str, 
         round=round_,
         axis=axis,
         op=op,
-        meta=dict(parent.meta),
     )
 
 
@@ -69,7 +70,12 @@ def generate(
         outcome = Outcome(job, status, reply, instruction)
         if instruction is not None:
             reason = validate.instruction_reason(
-                instruction, parent, template, must_differ=job.op != "improve", hints=hint_texts[job]
+                instruction,
+                parent,
+                template,
+                must_differ=job.op != "improve",
+                hints=hint_texts[job],
+                untagged=status == "fallback",
             )
             if reason:
                 outcome.reject(f"rejected: {reason}", reply)

@@ -1,10 +1,10 @@
 """Validation of every teacher-made sample before it enters the dataset: what a model writes is input, not truth.
 
 Small teachers return refusals, echoes of the prompt, labels left in front of (or inside) the answer, steps of the
-multi-step rewrite left in the prompt, the question as its own answer, and loops of one token. Each rule here is a
-pure check on strings that names what is wrong in a short, fixed reason (so reasons can be counted); the engine keeps
-the original sample when a rule fires. The instruction-only rules run before the teacher is asked to answer a new
-instruction, so junk costs no second call.
+multi-step rewrite left in the prompt, the question as its own answer (verbatim or with a few words changed), an essay
+where a prompt was asked for, and loops of one token. Each rule here is a pure check on strings that names what is
+wrong in a short, fixed reason (so reasons can be counted); the engine keeps the original sample when a rule fires.
+The instruction-only rules run before the teacher is asked to answer a new instruction, so junk costs no second call.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 
 from middo.records import Record
 from middo.refine.prompts import echoes_template
@@ -19,6 +20,13 @@ from middo.refine.prompts import echoes_template
 MIN_INSTRUCTION_CHARS = 5
 MAX_INSTRUCTION_CHARS = 2000  # or 4x the parent's prompt, whichever is larger
 MAX_ANSWER_CHARS = 8000  # or 4x the parent's answer, whichever is larger
+# An answer whose words match its instruction's this closely (see `similarity`) is a near copy. Measured on the
+# samples of tests/refine/test_validate.py: every accepted pair scores at most 0.667 ("Repeat after me: I love you" ->
+# "I love you"; next 0.649, the instruction quoted before an answer of equal length, then 0.545), every verbatim echo
+# 0.737-1.0, and the demo's edited greenhouse paragraph 0.880. 0.75 is also what the verbatim rule (`_echoes`)
+# allows: a quoted instruction that is 60% of the answer scores 2 * 0.6 / 1.6 = 0.75.
+NEAR_COPY_RATIO = 0.75
+NEAR_COPY_MIN_WORDS = 8  # below this one changed word moves the ratio by 0.1 or more; `_echoes` covers short copies
 
 # a refusal opens the text; "I cannot" alone is not one ("I cannot sleep; suggest a routine" is a fine instruction)
 _REFUSAL = re.compile(
@@ -62,8 +70,68 @@ _PROMPT_REMARK = re.compile(
 )
 
 
+# What a prompt opens with, in its first or last sentence: a question word or auxiliary, or a task verb (a task verb
+# right after a leading clause too: "Given a list, find ..."). An untagged diversify reply needs one of these or a
+# question mark; the demo's 135M teacher otherwise returns a paragraph on the topic (an essay, not a prompt). "When"
+# and "where" are left out: they open statements ("When water freezes, it expands.") more often than mark-less
+# questions.
+_QUESTION_WORDS = frozenset(
+    "what who whom whose which why how is are was were do does did can could would should will shall may might has "
+    "have had".split()
+)
+_TASK_VERBS = frozenset(
+    "add analyse analyze answer arrange assess brainstorm build calculate categorise categorize change check choose "
+    "classify combine compare compose compute consider construct convert correct count create critique debug define "
+    "demonstrate derive describe design determine develop devise discuss divide draft draw edit elaborate estimate "
+    "evaluate explain explore express extract fill find fix formulate generate give given guess identify illustrate "
+    "imagine implement improve insert invent justify label let list make match multiply name outline paraphrase pick "
+    "plan please predict prepare pretend produce proofread propose prove provide put rank rate read recommend "
+    "rephrase replace respond restate reverse review revise rewrite select share show simplify sketch solve sort "
+    "specify state subtract suggest summarise summarize suppose take teach tell test think transform translate turn "
+    "use verify write".split()
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def similarity(a: str, b: str) -> float:
+    """How much of two texts is the same words in the same order: ``2 * matched / (len(a) + len(b))`` over lower-cased
+    word tokens (difflib's ratio, without its junk heuristic), 1.0 for equal texts, 0.0 for texts sharing no word.
+
+    Words rather than characters, so a changed word costs the same whatever its length, and word order counts,
+    so an answer that uses the instruction's vocabulary in its own sentences scores low.
+    """
+    wa, wb = _words(a), _words(b)
+    if not wa and not wb:
+        return 1.0
+    return SequenceMatcher(None, wa, wb, autojunk=False).ratio()
+
+
+def reads_as_prompt(text: str) -> bool:
+    """True when an untagged reply looks like a prompt: it asks a question, or its first or last sentence opens with
+    a question word or a task verb (a verb after a leading clause too: "Given a list of numbers, find the largest.").
+
+    A paragraph that only states things ("The greenhouse effect is a phenomenon ...") is not a prompt: answered, it
+    comes back restated, and the pair teaches nothing.
+    """
+    if "?" in text:
+        return True
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    for sentence in sentences[:1] + sentences[-1:]:
+        first, _, rest = sentence.partition(",")
+        opening, after_clause = _words(first)[:1], _words(rest)[:1]
+        if opening and (opening[0] in _QUESTION_WORDS or opening[0] in _TASK_VERBS):
+            return True
+        if after_clause and after_clause[0] in _TASK_VERBS:
+            return True
+    return False
 
 
 def _plain(text: str) -> str:
@@ -92,7 +160,13 @@ def degenerate(text: str) -> str | None:
 
 
 def instruction_reason(
-    instruction: str, parent: Record, template: str, *, must_differ: bool, hints: Sequence[str] = ()
+    instruction: str,
+    parent: Record,
+    template: str,
+    *,
+    must_differ: bool,
+    hints: Sequence[str] = (),
+    untagged: bool = False,
 ) -> str | None:
     """Why a rewritten instruction must not be used, or None; checked before any answer is asked for.
 
@@ -104,6 +178,8 @@ def instruction_reason(
             prompt may already be fine when the sample was flagged for its response (the fresh answer is the
             improvement; :func:`reject_reason` then checks that the sample as a whole changed).
         hints: the hint prompts shown to ``diversify``; the new prompt must not be one of them.
+        untagged: the instruction is a whole reply without a ``<prompt>`` block (parse status ``fallback``), so
+            nothing marked it as a prompt: it must read as one (:func:`reads_as_prompt`).
     """
     if not instruction.strip():
         return "empty instruction"
@@ -130,6 +206,8 @@ def instruction_reason(
         return "same instruction as the original"
     if _norm(instruction) in {_norm(h) for h in hints}:
         return "same instruction as a hint prompt"
+    if untagged and not reads_as_prompt(instruction):
+        return "untagged reply does not read as a prompt"
     return None
 
 
@@ -167,6 +245,8 @@ def reject_reason(
         return f"degenerate answer ({bad})"
     if _echoes(output, instruction):
         return "answer repeats the instruction"
+    if len(_words(output)) >= NEAR_COPY_MIN_WORDS and similarity(output, instruction) >= NEAR_COPY_RATIO:
+        return "answer is a near copy of the instruction"
     if input.strip() and input == parent.input and _norm(instruction) != _norm(parent.instruction):
         return "stale input beside a rewritten instruction"
     if _norm(instruction) in (_norm(parent.instruction), _norm(parent.prompt_text)) and _norm(output) == _norm(
