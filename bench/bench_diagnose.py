@@ -29,7 +29,13 @@ from common import LLAMA_8B, bench_records, machine_info, measure_matmul_flops, 
 
 from middo.diagnose.batching import pad_batch
 from middo.diagnose.complexity import response_losses, tokenize_for_loss
-from middo.diagnose.diversity import knn_similarity, knn_similarity_bruteforce, prompt_embeddings
+from middo.diagnose.diversity import (
+    CPU_BLOCK_ELEMS,
+    _chunk_rows,
+    knn_similarity,
+    knn_similarity_bruteforce,
+    prompt_embeddings,
+)
 from middo.modeling import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +129,7 @@ def bench_knn(n: int, dim: int, k: int, device, seed: int, flops_fp32: float) ->
     print(f"[knn] reference: {n}x{n} similarity matrix (numpy)", flush=True)
     ref, ref_s, ref_cpu = timed(lambda: knn_similarity_bruteforce(x, k=k), "cpu")
     rss2 = peak_rss_mb()
-    chunk = max(1, min(n, (1 << 26) // n))  # rows per block at knn_similarity's default max_elems
+    chunk = _chunk_rows(n, CPU_BLOCK_ELEMS)  # rows per block on a CPU (on a GPU: sized from free memory)
     floor = 2.0 * n * n * dim / flops_fp32
     row = {
         "path": "knn",

@@ -1,8 +1,9 @@
 """kNN similarity at scale: time and peak memory of the chunked top-k against the N×N matrix, one process per size.
 
 Each size runs in a fresh subprocess, so ``ru_maxrss`` (a high-water mark) is that size's own peak. The chunked path
-holds one ``rows × N`` block (``max_elems`` floats, 256 MiB by default) plus the ``N × k`` results, so its peak is
-the input plus a constant; the N×N reference needs ``4·N²`` bytes and is run only where that fits (``--naive-max``).
+holds one ``rows × N`` block plus the ``N × k`` results, so its peak is the input plus a constant; the block is 256 MiB
+of floats on a CPU and an eighth of the free memory on a GPU (``block_elems``; ``rows_per_block`` in the output). The
+N×N reference needs ``4·N²`` bytes and is run only where that fits (``--naive-max``).
 Correctness at every size: the chunked result equals an exact brute-force computation for a random sample of rows.
 
     .venv/bin/python bench/bench_knn_scale.py --sizes 10000,25000,50000,100000
@@ -25,7 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, measure_matmul_flops, peak_rss_mb, report  # noqa: E402
 
-from middo.diagnose.diversity import knn_similarity, knn_similarity_bruteforce  # noqa: E402
+from middo.diagnose.diversity import (  # noqa: E402
+    _chunk_rows,
+    _free_bytes,
+    block_elems,
+    knn_similarity,
+    knn_similarity_bruteforce,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +58,9 @@ def one(n: int, dim: int, k: int, device: str, seed: int, sample: int, naive: bo
     x = clustered(n, dim, seed)
     knn_similarity(x[:256], k=k, device=device)  # warm-up (thread pools, CUDA context)
     rss_input = peak_rss_mb()
+    dev = torch.device(device)
+    # about the block knn_similarity chooses (on a GPU, from what is free once the input is there: 4·N·dim bytes)
+    rows_per_block = _chunk_rows(n, block_elems(dev.type, (_free_bytes(dev) or 0) - x.nbytes))
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
@@ -74,6 +84,7 @@ def one(n: int, dim: int, k: int, device: str, seed: int, sample: int, naive: bo
         "nxn_matrix_mb": 4.0 * n * n / 2**20,
         "max_abs_err_sample": err,
         "sample_rows": len(rows),
+        "rows_per_block": rows_per_block,
     }
     row["fast_floor_frac"] = row["floor_s"] / fast_s
     if device.startswith("cuda"):

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Check a GPU machine in one command and record what docs/benchmarks.md's GPU rows need (under 10 min, one H100/H200).
+# Check a GPU machine in one command and record what docs/benchmarks.md's GPU rows need (8 min, one H100/H200).
 #
 #   bash bench/gpu_check.sh              # on the GPU machine (results in bench/results/gpu_*.json)
 #   bash bench/gpu_check.sh --dry-run    # CPU, tiny shapes: the same steps in 1-2 minutes (tests/test_gpu_check.py)
 #
-# Steps, each under its own `timeout` and all under one overall budget (GPU_CHECK_BUDGET_S, default 570 s):
+# Steps, each under its own `timeout` (its cap in CAPS below) and all under one overall budget (GPU_CHECK_BUDGET_S,
+# default 480 s, model conversion included):
 #   tests     pytest -m gpu: the GPU-marked tests (they skip where CUDA is missing)
-#   diagnose  bench/bench_diagnose.py, 8B-shaped random Llama, bf16: loss and embedding speed against the matmul floor
+#   diagnose  bench/bench_diagnose.py, 8B-shaped random Llama, bf16, 256 samples: loss and embedding speed against
+#             the matmul floor
 #   knn       bench/bench_knn_scale.py, 1M x 1024 on cuda (the N x N reference only up to 20k rows)
-#   train     bench/bench_train.py, bf16: sdpa, sdpa+Liger, FlashAttention-2, FA2+Liger (one process each; a variant
-#             whose package is not installed is skipped, with the reason)
-#   loop      one Middo round (rounds {'1': 0}, base.device cuda): `dvc repro` in a scratch copy of the pipeline
+#   train     bench/bench_train.py, bf16, 20 steps: sdpa, sdpa+Liger, FlashAttention-2, FA2+Liger (one process each; a
+#             variant whose package is not installed is skipped, with the reason)
+#   loop      one Middo round with tiny settings (16 samples, 2 suites x 2 items, base.device cuda): `dvc repro` in a
+#             scratch copy of the pipeline
 # Each step writes OUT_DIR/gpu_<step>.json (command, seconds, exit status, key numbers) and its log to
 # OUT_DIR/logs/gpu_<step>.log; OUT_DIR/gpu_summary.md is the table. A failed step is recorded and the next one runs;
 # the exit status is 1 if any step of this run failed. The dry run swaps in: CUDA hidden, a 2-layer random Llama
@@ -48,6 +51,33 @@ while (($#)); do
 done
 for s in ${ONLY//,/ }; do [[ " ${STEPS[*]} " == *" $s "* ]] || die "--only: unknown step $s (steps: ${STEPS[*]})"; done
 
+# Step caps in seconds, the one place they are set: name, cap on a GPU, cap in a dry run. Each step runs under
+# `timeout` at its cap (or what is left of the budget, if less). The caps plus RESERVE (recording, the summary, one
+# killed command's --kill-after grace) must fit the budget: checked here before anything runs, and by
+# tests/test_gpu_check.py, so a run in which every step works is never cut short by the budget. The GPU caps are
+# estimates scaled from CPU runs (about 1.5-2x the expected time on an H100) until a GPU run measures them
+# (docs/benchmarks.md).
+CAPS=(
+    "setup             30  60" # convert the default model if missing (the dry run: also the tiny model)
+    "tests             50  60"
+    "diagnose          60  90"
+    "knn               90  60"
+    "train.sdpa        25  90"
+    "train.sdpa+liger  25   0" # the dry run skips the variants that need CUDA
+    "train.fa2         25   0"
+    "train.fa2+liger   25   0"
+    "loop             120  30" # the dry run sets up the scratch copy and checks its params; no `dvc repro`
+)
+RESERVE=25 KILL_AFTER=5
+declare -A CAP
+total=0
+for row in "${CAPS[@]}"; do
+    read -r name gpu dry <<<"$row"
+    CAP[$name]=$gpu
+    ((DRY)) && CAP[$name]=$dry
+    total=$((total + CAP[$name]))
+done
+
 if [[ -z $PY ]]; then
     if [[ -x $ROOT/.venv/bin/python ]]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi
 fi
@@ -57,11 +87,13 @@ RECORDER=$(command -v python3 || echo "$PY") # the recorder needs only the stand
 if ((DRY)); then
     OUT_DIR=${OUT_DIR:-${TMPDIR:-/tmp}/middo-gpu-check-dry-run}
     export CUDA_VISIBLE_DEVICES="" # a CPU run even on a GPU machine: the GPU tests skip, every bench uses --device cpu
-    BUDGET=${GPU_CHECK_BUDGET_S:-170}
+    BUDGET=${GPU_CHECK_BUDGET_S:-420} # a shared 2-core CI box: the dry run takes 1.5-2 min
 else
     OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
-    BUDGET=${GPU_CHECK_BUDGET_S:-570}
+    BUDGET=${GPU_CHECK_BUDGET_S:-480}
 fi
+((total + RESERVE <= BUDGET)) || die "the step caps add up to $total s + $RESERVE s reserve, over the budget of \
+$BUDGET s (GPU_CHECK_BUDGET_S): lower a cap in CAPS or raise the budget"
 mkdir -p "$OUT_DIR/logs" || die "cannot create $OUT_DIR/logs"
 # the stages run `python` and `dvc` from PATH (as `make` does); nothing is fetched from a hub
 PATH="$(dirname "$PY"):$PATH"
@@ -203,9 +235,9 @@ sys.exit(1 if failed else 0)
 PY
 }
 
-# limit WANT: seconds a step may take, WANT or what is left of the overall budget
+# limit WANT: seconds a step may take, WANT or what is left of the overall budget (less the reserve)
 limit() {
-    local left=$((BUDGET - (SECONDS - START)))
+    local left=$((BUDGET - RESERVE - (SECONDS - START)))
     echo $((left < $1 ? left : $1))
 }
 
@@ -223,69 +255,74 @@ timed() {
         echo "$WHY" | tee -a "$log"
         RC=124
     else
-        timeout --kill-after=10 "$lim" "$@" 2>&1 | tee -a "$log"
+        timeout --kill-after=$KILL_AFTER "$lim" "$@" 2>&1 | tee -a "$log"
         RC=${PIPESTATUS[0]}
     fi
     SECS=$(since "$t0")
 }
 
-# step NAME LIMIT [key=value...] -- CMD...: one recorded step (the command is its own line in the JSON)
+# step NAME [key=value...] -- CMD...: one recorded step under its cap (the command is its own line in the JSON)
 step() {
-    local name=$1 lim=$2 log="$OUT_DIR/logs/gpu_$1.log" pairs=()
-    shift 2
+    local name=$1 log="$OUT_DIR/logs/gpu_$1.log" pairs=()
+    shift
     while [[ $1 != -- ]]; do pairs+=("$1") && shift; done
     shift
     : >"$log"
-    timed "$log" "$(limit "$lim")" "$@"
+    timed "$log" "$(limit "${CAP[$name]}")" "$@"
     record "$name" "$RC" "$SECS" "$*" "log=$log" "reason=$WHY" "${pairs[@]}"
 }
 
 wanted() { [[ -z $ONLY || $ONLY == *",$1,"* ]] && rm -f "$OUT_DIR/gpu_$1.json" && RAN+=("$1"); }
 
-echo "gpu_check: $( ((DRY)) && echo 'dry run, ' )python $PY, results in $OUT_DIR, budget $BUDGET s"
-if [[ ! -f $MODEL/config.json ]]; then
-    echo "converting the embedded default model into $MODEL"
-    "$PY" -c 'import sys
-from middo.base_model import materialise
-materialise("embedded:smollm2-135m-instruct", sys.argv[1], False, "auto", False)' "$MODEL"
-fi
+echo "gpu_check: $( ((DRY)) && echo 'dry run, ' )python $PY, results in $OUT_DIR, budget $BUDGET s" \
+    "(step caps $total s + $RESERVE s reserve)"
+# setup (under its cap, like the steps): the default model, converted once per machine; in a dry run also a 2-layer
+# random Llama with its tokenizer, so every step runs the real code in seconds
+setup_log=$OUT_DIR/logs/gpu_setup.log
+: >"$setup_log"
 if ((DRY)); then
     DEVICE=cpu DTYPE=float32 TRAIN_MODEL=$WORK/tiny-model
-    # a 2-layer random Llama with the default model's tokenizer: every step runs the real code in seconds
-    "$PY" -c 'import sys
-from pathlib import Path
-sys.path.insert(0, "bench")
-from bench_diagnose_scale import tiny_model
-tiny_model(Path(sys.argv[1]), Path(sys.argv[2]))' "$MODEL" "$TRAIN_MODEL" >/dev/null
 else
     DEVICE=cuda DTYPE=bfloat16 TRAIN_MODEL=$MODEL
 fi
+timed "$setup_log" "$(limit "${CAP[setup]}")" "$PY" -c 'import sys
+from pathlib import Path
+sys.path.insert(0, "bench")
+from middo.base_model import materialise
+if not Path(sys.argv[1], "config.json").is_file():
+    print("converting the embedded default model into", sys.argv[1], flush=True)
+    materialise("embedded:smollm2-135m-instruct", sys.argv[1], False, "auto", False)
+if sys.argv[2] != sys.argv[1]:
+    from bench_diagnose_scale import tiny_model
+    tiny_model(Path(sys.argv[1]), Path(sys.argv[2]))' "$MODEL" "$TRAIN_MODEL" >/dev/null
+((RC == 0)) || die "setup failed after $SECS s (${WHY:-exit status $RC}; log: $setup_log)"
+echo "setup: $SECS s"
 
 if wanted tests; then
-    step tests 90 "junit=$OUT_DIR/logs/gpu_tests.xml" -- \
+    step tests "junit=$OUT_DIR/logs/gpu_tests.xml" -- \
         "$PY" -m pytest -m gpu -p no:cacheprovider -q "--junitxml=$OUT_DIR/logs/gpu_tests.xml"
 fi
 
 if wanted diagnose; then
     if ((DRY)); then
         raw=$OUT_DIR/diagnose_dry_run.json
-        step diagnose 60 "raw=$raw" -- "$PY" bench/bench_diagnose.py --device cpu --model "$TRAIN_MODEL" --n 8 \
+        step diagnose "raw=$raw" -- "$PY" bench/bench_diagnose.py --device cpu --model "$TRAIN_MODEL" --n 8 \
             --knn-n 500 --knn-dim 64 --max-tokens 1024 --out "$raw"
     else
         raw=$OUT_DIR/diagnose_cuda_8b.json
-        step diagnose 150 "raw=$raw" -- "$PY" bench/bench_diagnose.py --device cuda --shape llama-8b --dtype bfloat16 \
-            --model "$MODEL" --n 1024 --max-tokens 16384 --out "$raw"
+        step diagnose "raw=$raw" -- "$PY" bench/bench_diagnose.py --device cuda --shape llama-8b --dtype bfloat16 \
+            --model "$MODEL" --n 256 --knn-n 5000 --max-tokens 16384 --out "$raw"
     fi
 fi
 
 if wanted knn; then
     if ((DRY)); then
         raw=$OUT_DIR/knn_scale_dry_run.json
-        step knn 60 "raw=$raw" -- "$PY" bench/bench_knn_scale.py --device cpu --sizes 2000 --dim 64 --sample 100 \
+        step knn "raw=$raw" -- "$PY" bench/bench_knn_scale.py --device cpu --sizes 2000 --dim 64 --sample 100 \
             --naive-max 20000 --out "$raw"
     else
         raw=$OUT_DIR/knn_scale_cuda.json
-        step knn 120 "raw=$raw" -- "$PY" bench/bench_knn_scale.py --device cuda --sizes 1000000 --dim 1024 \
+        step knn "raw=$raw" -- "$PY" bench/bench_knn_scale.py --device cuda --sizes 1000000 --dim 1024 \
             --sample 100 --naive-max 20000 --out "$raw"
     fi
 fi
@@ -293,7 +330,7 @@ fi
 if wanted train; then
     # variant name, attention, liger; each a process of its own so a kernel that fails to load fails only its row
     variants=("sdpa sdpa 0" "sdpa+liger sdpa 1" "fa2 flash_attention_2 0" "fa2+liger flash_attention_2 1")
-    table=$WORK/train_variants.tsv log=$OUT_DIR/logs/gpu_train.log steps=50
+    table=$WORK/train_variants.tsv log=$OUT_DIR/logs/gpu_train.log steps=20
     ((DRY)) && steps=2
     : >"$table" && : >"$log"
     t_train=$(date +%s.%N)
@@ -313,7 +350,7 @@ if wanted train; then
             printf '%s\tskipped\t0\t0\t\t%s\t%s\n' "$name" "$missing" "${cmd[*]}" >>"$table"
             continue
         fi
-        timed "$log" "$(limit 60)" "${cmd[@]}"
+        timed "$log" "$(limit "${CAP[train.$name]}")" "${cmd[@]}"
         result=ok why=$WHY
         ((RC == 124)) && result=failed why=${WHY:-timed out}
         ((RC != 0 && RC != 124)) && result=failed why="exit status $RC"
@@ -327,17 +364,26 @@ if wanted loop; then
     # a scratch copy of the pipeline with one round on cuda; the repository's own data, models and dvc.lock stay as
     # they are. The stages import middo from the installed package.
     ws=$WORK/loop log=$OUT_DIR/logs/gpu_loop.log t_loop=$(date +%s.%N)
-    SCRATCH="a scratch copy of dvc.yaml, params.yaml, .dvcignore, stages, src, configs, data/seed; git init, dvc init;"
-    SCRATCH+=" params.yaml with rounds {'1': 0} and base.device cuda"
+    SCRATCH="a scratch copy of dvc.yaml, params.yaml, .dvcignore, stages, src, configs, data/seed;"
+    SCRATCH+=" git init, dvc init, a first commit;"
+    SCRATCH+=" params.yaml with rounds {'1': 0}, base.device cuda, the default model's folder as model.base and tiny"
+    SCRATCH+=" settings (16 samples, 2 suites x 2 items, short generations)"
     : >"$log"
     mkdir -p "$ws/data" && cp -r dvc.yaml params.yaml .dvcignore stages src configs "$ws/" &&
         cp -r data/seed "$ws/data/" &&
-        (cd "$ws" && if command -v git >/dev/null; then git init -q && "$PY" -m dvc init -q; else
-            "$PY" -m dvc init -q --no-scm; fi) >>"$log" 2>&1 &&
+        (cd "$ws" && if command -v git >/dev/null; then
+            # a first commit: DVCLive (the train stage) reads HEAD and fails in a repository without one
+            git init -q && "$PY" -m dvc init -q && git add -A &&
+                git -c user.name=gpu-check -c user.email=gpu-check@localhost commit -qm "scratch copy"
+        else "$PY" -m dvc init -q --no-scm; fi) >>"$log" 2>&1 &&
         "$PY" -c 'import sys, yaml
 p = yaml.safe_load(open(sys.argv[1]))
-p["rounds"], p["base"]["device"] = {"1": 0}, "cuda"
-open(sys.argv[1], "w").write(yaml.safe_dump(p, sort_keys=False))' "$ws/params.yaml" >>"$log" 2>&1 &&
+p["rounds"], p["base"]["device"], p["model"]["base"] = {"1": 0}, "cuda", sys.argv[2]  # a copy, not a conversion
+p["data"]["limit"] = 16
+p["train"]["max_length"] = 256
+p["eval"].update(suites=["gsm8k", "hellaswag"], limit=2, max_new_tokens=32)
+p["refine"]["teacher"]["max_new_tokens"] = 64
+open(sys.argv[1], "w").write(yaml.safe_dump(p, sort_keys=False))' "$ws/params.yaml" "$MODEL" >>"$log" 2>&1 &&
         "$PY" -m middo check-params --params "$ws/params.yaml" 2>&1 | tee -a "$log"
     RC=${PIPESTATUS[0]}
     if ((RC != 0)); then
@@ -347,7 +393,7 @@ open(sys.argv[1], "w").write(yaml.safe_dump(p, sort_keys=False))' "$ws/params.ya
         echo "dry run: would run (cd $ws && $PY -m dvc repro)" | tee -a "$log"
         record loop 0 "$(since "$t_loop")" "$PY -m middo check-params (in $SCRATCH)" "log=$log"
     else
-        pushd "$ws" >/dev/null && timed "$log" "$(limit 240)" "$PY" -m dvc repro
+        pushd "$ws" >/dev/null && timed "$log" "$(limit "${CAP[loop]}")" "$PY" -m dvc repro
         popd >/dev/null || die "cannot return to $ROOT"
         record loop "$RC" "$SECS" "$PY -m dvc repro (in $SCRATCH)" "log=$log" "reason=$WHY" "workspace=$ws"
     fi

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from middo.diagnose.diversity import knn_similarity, knn_similarity_bruteforce, neighbour_ids, prompt_embeddings
+from middo.diagnose.diversity import (
+    CPU_BLOCK_ELEMS,
+    _chunk_rows,
+    block_elems,
+    knn_similarity,
+    knn_similarity_bruteforce,
+    neighbour_ids,
+    prompt_embeddings,
+)
 from middo.diagnose.thresholds import flag_diversity
 
 PROMPTS = [
@@ -43,6 +51,52 @@ def test_chunked_knn_equals_bruteforce(n, d, k, max_elems):
     np.testing.assert_allclose(sims, knn_similarity_bruteforce(x, k), rtol=1e-5, atol=1e-5)
     assert idx.shape == (n, k)
     assert not (idx == np.arange(n)[:, None]).any()  # never itself
+
+
+def _clustered(n: int, d: int, seed: int) -> np.ndarray:
+    """Points around 8 centres: neighbours are close, as for real prompt embeddings, and ties do not occur."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(8, d))[rng.integers(0, 8, n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def _bruteforce_neighbours(x: np.ndarray, k: int) -> np.ndarray:
+    xn = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    s = xn @ xn.T
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 7, 64, 203])  # 203 = N: a single block, as a GPU would run it
+def test_block_size_does_not_change_the_neighbours(rows_per_block):
+    n, k = 203, 3
+    x = _clustered(n, 24, seed=rows_per_block)
+    sims, idx = knn_similarity(x, k=k, max_elems=rows_per_block * n, return_indices=True)
+    assert idx.tolist() == _bruteforce_neighbours(x, k).tolist()  # the same neighbours, in the same order
+    np.testing.assert_allclose(sims, knn_similarity_bruteforce(x, k), rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_blocks_are_sized_from_free_memory():
+    gib = 2**30
+    n = 1_000_000
+    assert _chunk_rows(n, block_elems("cpu", 75 * gib)) == _chunk_rows(n, CPU_BLOCK_ELEMS) == 67  # as before
+    assert block_elems("cuda", None) == CPU_BLOCK_ELEMS  # free memory unknown
+    h100 = _chunk_rows(n, block_elems("cuda", 75 * gib))  # an 80 GB GPU with the embeddings loaded
+    assert h100 >= 2000  # 30x fewer blocks than at the CPU's cap
+    for free in (1 * gib, 10 * gib, 75 * gib, 139 * gib):
+        elems = block_elems("cuda", free)
+        assert 4 * elems <= free / 8  # the float32 block is at most an eighth of what is free
+        assert elems <= 2**31  # top-k indexes the block with 32-bit offsets
+    assert _chunk_rows(n, block_elems("cuda", 1000)) == 1  # almost nothing free: one row at a time, never zero
+
+
+@pytest.mark.gpu
+def test_cuda_large_blocks_find_the_cpu_neighbours():
+    """On CUDA the default block is sized from free memory (one block here); the neighbours are the CPU's."""
+    x = _clustered(5000, 64, seed=5)
+    sims, idx = knn_similarity(x, k=3, device="cuda", return_indices=True)
+    cpu_sims, cpu_idx = knn_similarity(x, k=3, return_indices=True)
+    assert idx.tolist() == cpu_idx.tolist()
+    np.testing.assert_allclose(sims, cpu_sims, rtol=1e-5, atol=1e-5)
 
 
 def test_neighbour_ids_most_similar_first_self_excluded():

@@ -287,8 +287,8 @@ def judge_generate(
                 scores[i], status = parse_score(answers[i])
                 counts[status] += 1
             bar.update(len(batch))
+    scores = shard.merge_rows(scores, owned)  # one process: the same array (and the rank report's rows)
     if shard.world > 1:
-        scores = shard.merge_rows(scores, owned)
         mine = [answers[i] for i in np.flatnonzero(owned)]
         parts = shard.gather_json({"counts": counts, "idx": np.flatnonzero(owned).tolist(), "answers": mine})
         counts = {k: sum(p["counts"][k] for p in parts) for k in counts}

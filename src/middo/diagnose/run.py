@@ -22,7 +22,7 @@ from middo.diagnose.diversity import knn_similarity, neighbour_ids, prompt_embed
 from middo.diagnose.embedding_map import write_embedding_map
 from middo.diagnose.quality import JUDGEMENTS, QualityResult, agreement, judge_generate, judge_logits
 from middo.diagnose.thresholds import flag_complexity, flag_diversity, flag_quality
-from middo.distributed import Shard, from_env, local_device
+from middo.distributed import Shard, from_env, local_device, write_rank_report
 from middo.errors import MiddoError
 from middo.modeling import load_model
 from middo.plots import histogram
@@ -35,7 +35,8 @@ def _windowed(n: int, cfg: DiagnoseConfig, shard: Shard, desc: str, score, unit:
     parts = []
     with tqdm(total=-(-n * per // shard.world), desc=desc, unit=unit, disable=not shard.is_main) as bar:
         for w in windows(n, cfg.window):
-            parts.append(score(w, bar))
+            with shard.part(desc, w.start, w.stop - w.start):  # the rank report's phase and window
+                parts.append(score(w, bar))
     return np.concatenate(parts) if parts else np.empty(0)
 
 
@@ -194,6 +195,7 @@ def diagnose_dataset(
     seconds["quality"] = time.perf_counter() - clock
     del cur
     gc.collect()
+    write_rank_report("diagnose", shard, [r.id for r in records], device=env["device"])
     if not shard.is_main:
         shard.barrier()  # rank 0 writes; the others wait so that the launcher ends when the outputs exist
         return {}
