@@ -31,8 +31,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def completion() -> Callable[[str | None], bytes]:
-    """Builds a well-formed chat completion body with the given assistant content."""
+def completion() -> Callable[..., bytes]:
+    """Builds a well-formed chat completion body with the given assistant content (and ``finish_reason``, ``stop``
+    unless given: ``length`` is a reply cut at ``max_tokens``)."""
     return _completion
 
 
@@ -110,14 +111,16 @@ class FakeServer:
 Responder = Callable[[int, dict], tuple[int, bytes] | tuple[int, bytes, dict[str, str]]]  # (status, body[, headers])
 
 
-def _completion(content: str | None) -> bytes:
+def _completion(content: str | None, finish_reason: str = "stop") -> bytes:
     return json.dumps(
         {
             "id": "cmpl-test",
             "object": "chat.completion",
             "created": 0,
             "model": "fake",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "choices": [
+                {"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": content}}
+            ],
         }
     ).encode()
 
@@ -172,9 +175,14 @@ def fake_server() -> Iterator[Callable[[Responder], FakeServer]]:
 @pytest.fixture
 def chat_server(fake_server) -> Callable[[Callable[[str], str | None]], FakeServer]:
     """Start a scripted OpenAI-compatible server whose reply to each chat request is ``reply(last user message)``:
-    a teacher that says exactly what a test needs (a refusal, junk, good tagged rewrites) over real HTTP."""
+    a teacher that says exactly what a test needs (a refusal, junk, good tagged rewrites) over real HTTP. A reply
+    given as ``(content, finish_reason)`` is sent with that finish reason (``length``: cut at ``max_tokens``)."""
 
-    def start(reply: Callable[[str], str | None]) -> FakeServer:
-        return fake_server(lambda i, body: (200, _completion(reply(body["messages"][-1]["content"]))))
+    def start(reply: Callable[[str], str | None | tuple[str, str]]) -> FakeServer:
+        def respond(i: int, body: dict) -> tuple[int, bytes]:
+            content = reply(body["messages"][-1]["content"])
+            return 200, _completion(*content) if isinstance(content, tuple) else _completion(content)
+
+        return fake_server(respond)
 
     return start

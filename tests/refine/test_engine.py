@@ -406,6 +406,26 @@ def test_a_real_local_teacher_is_asked_the_right_prompts(base_model_dir, one_tor
     _assert_counts_add_up(res, RECORDS)
 
 
+def test_a_local_teachers_reply_cut_at_max_new_tokens_is_rejected_as_such(base_model_dir, tmp_path, one_torch_thread):
+    """A real local teacher (a random tiny model, which never ends within 3 tokens) with max_new_tokens 3: every
+    rewrite is cut, so every job is rejected with that reason and counted, before any answer is asked."""
+    from tiny_models import tiny_model
+
+    from middo.teachers.transformers_backend import TransformersTeacher
+
+    teacher = Recording(TransformersTeacher(tiny_model(base_model_dir, tmp_path / "tiny"), "cpu", "float32"))
+    sampling = Sampling(max_new_tokens=3, temperature=1.0)
+    res = refine_records(RECORDS, ONE_EACH, teacher, sampling, round_=1, merge="reference")
+    assert len(teacher.calls) == 1 and res.report["teacher_calls"] == 3  # no answer asked for a cut prompt
+    assert {c["parent_id"]: c["status"] for c in res.changes} == dict.fromkeys(
+        ("hard", "poor", "rare"), "rejected: cut at max_new_tokens"
+    )
+    assert all(c["reply"].strip() for c in res.changes)  # the cut reply is kept in the log, to read beside its reason
+    assert res.report["rejected"] == {"cut at max_new_tokens": 3} and res.report["unusable"] == 3
+    assert res.records == RECORDS
+    _assert_counts_add_up(res, RECORDS)
+
+
 def test_a_new_sample_does_not_inherit_its_parents_meta():
     """A parent's labels (here a category) describe the parent; the new sample reaches them through its lineage."""
     labelled = [dataclasses.replace(r, meta={"category": "hard", "source": "seed"}) for r in RECORDS]

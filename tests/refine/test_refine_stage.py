@@ -25,6 +25,7 @@ from middo.records import Record
 from middo.refine.prompts import answer_prompt, rewrite_prompt
 from middo.refine.run import build_teacher, refine_round
 from middo.teachers.base import Sampling
+from middo.teachers.cache import draw_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +78,9 @@ def _inputs(tmp_path: Path, records=RECORDS, flags=FLAGS, neighbors=None) -> tup
     return data, diag
 
 
-def _refine(tmp_path, teacher_cfg, tag="run", max_failed_fraction=MAX_FAILED, merge=MERGE, selection=SELECTION):
+def _refine(
+    tmp_path, teacher_cfg, tag="run", max_failed_fraction=MAX_FAILED, merge=MERGE, selection=SELECTION, round_=1
+):
     data, diag = (
         _inputs(tmp_path)
         if not (tmp_path / "diagnosis").exists()
@@ -90,7 +93,7 @@ def _refine(tmp_path, teacher_cfg, tag="run", max_failed_fraction=MAX_FAILED, me
         out,
         metrics,
         metrics / "refine.json",
-        1,
+        round_,
         ("quality", "complexity", "diversity"),
         0.1,
         teacher_cfg,
@@ -198,7 +201,8 @@ def test_each_operation_succeeds_through_an_openai_server(chat_server, tmp_path)
     improve = [m for m in sent[:5] if "Prompt to improve:" in m]
     assert len(improve) == 2 and not any(r.output in m for m in improve for r in records)  # the prompt only
     assert any("Translate the sentence into French.\nThe cat sleeps." in m for m in improve)
-    assert {(p["temperature"], p["top_p"], p["seed"]) for p in server.posts} == {(1.0, 0.9, 42)}
+    # sampled: each request is round 1's first draw of its prompt, asked with that draw's seed
+    assert {(p["temperature"], p["top_p"], p["seed"]) for p in server.posts} == {(1.0, 0.9, draw_seed(42, 1, 0))}
 
     children = {(r.parent_id, r.op): r for r in out if r.parent_id is not None}
     assert children.keys() == set(jobs)
@@ -284,6 +288,67 @@ def test_junk_replies_are_rejected_and_good_ones_kept(chat_server, tmp_path):
     with pytest.raises(MiddoError, match=r"3 of 6 teacher replies unusable \(50% > refine.max_failed_fraction 40%\)"):
         _refine(tmp_path, _openai(server, tmp_path), tag="strict", max_failed_fraction=0.4)
     assert not (tmp_path / "strict").exists()
+
+
+def test_a_reply_cut_at_max_new_tokens_is_rejected_and_stays_rejected_from_the_cache(chat_server, tmp_path):
+    """finish_reason "length" (the reply hit refine.teacher.max_new_tokens) makes a reply unusable under its own
+    counted reason, on the rewrite call and on the answer call, while complete ("stop") replies are kept; replayed
+    from the cache, the cut replies are rejected again without a request."""
+    _inputs(tmp_path)
+    reply = script()
+
+    def cut_two(message: str):
+        text = reply(message)
+        if "Core prompt:" in message or message.startswith(answer_prompt("In plain words")):
+            return text, "length"  # rare's diversify rewrite, and the answer to hard's simplified prompt
+        return text
+
+    server = chat_server(cut_two)
+    report, out, metrics = _refine(tmp_path, _openai(server, tmp_path), max_failed_fraction=1.0)
+    _assert_counts_add_up(report, out)
+    assert (report["asked"], report["unusable"], report["removed"], report["added"]) == (3, 2, 1, 1)
+    assert report["rejected"] == {"cut at max_new_tokens": 2} and report["unusable_by"]["rejected"] == 2
+    assert [(r.parent_id, r.op) for r in out if r.parent_id] == [("poor", "improve")]
+    changes = {c["parent_id"]: c for c in map(json.loads, (metrics / "changes.jsonl").read_text().splitlines())}
+    assert {rid: (changes[rid]["status"], changes[rid]["result"]) for rid in ("hard", "rare")} == {
+        "hard": ("rejected: cut at max_new_tokens", "kept_original"),
+        "rare": ("rejected: cut at max_new_tokens", "kept_original"),
+    }
+    assert "cut at max_new_tokens 2" in (metrics / "refine_report.md").read_text()
+    with pytest.raises(
+        MiddoError, match=r"2 of 3 .*\(cut at max_new_tokens: 2\).* raise refine.teacher.max_new_tokens"
+    ):
+        _refine(tmp_path, _openai(server, tmp_path), tag="strict", max_failed_fraction=0.5)
+    posts = len(server.posts)
+    again, out_again, _ = _refine(tmp_path, _openai(server, tmp_path), tag="again", max_failed_fraction=1.0)
+    assert len(server.posts) == posts  # every reply from the cache, the cut ones still known as cut
+    assert again.pop("cache") == {"hits": 5, "misses": 0}  # three rewrites, two answers (rare's rewrite was cut)
+    assert again == {k: v for k, v in report.items() if k != "cache"} and out_again == out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_a_sampled_round_draws_afresh_and_a_greedy_one_shares_replies(chat_server, tmp_path, temperature):
+    """The same flagged samples in round 2: sampled, every request goes to the server again with round 2's seeds (a
+    replayed round-1 reply would only be a duplicate); greedy, round 1's replies are reused. A rerun of round 1 (a
+    resumed stage) is answered by the cache either way."""
+    _inputs(tmp_path)
+    server = chat_server(script())
+    cfg = _openai(server, tmp_path, temperature=temperature)
+    _refine(tmp_path, cfg, tag="round1")
+    asked = len(server.posts)
+    assert asked == 6  # three rewrites, three answers
+    _refine(tmp_path, cfg, tag="round1-rerun")
+    assert len(server.posts) == asked
+    _refine(tmp_path, cfg, tag="round2", round_=2)
+    round_2 = server.posts[asked:]
+    if temperature == 0:
+        assert round_2 == [] and {p["seed"] for p in server.posts} == {42}
+    else:
+        assert sorted(p["messages"][-1]["content"] for p in round_2) == sorted(
+            p["messages"][-1]["content"] for p in server.posts[:asked]
+        )
+        assert {p["seed"] for p in server.posts[:asked]} == {draw_seed(42, 1, 0)}
+        assert {p["seed"] for p in round_2} == {draw_seed(42, 2, 0)}
 
 
 def _tiny_model(folder: Path, base_model_dir: Path, seed: int) -> None:

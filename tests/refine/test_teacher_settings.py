@@ -182,3 +182,24 @@ def test_a_local_teachers_cache_key_differs_between_cpu_and_cuda(base_model_dir,
     gpu = _local_teacher(base_model_dir, tmp_path, "cuda", "float32")
     assert (cpu.identity["device"], gpu.identity["device"]) == ("cpu", "cuda")
     assert {**cpu.identity, "device": "cuda"} == gpu.identity
+
+
+@pytest.mark.parametrize("preset", ["paper.yaml", "paper-mistral.yaml"])
+def test_the_paper_presets_ask_the_teacher_as_the_reference_does(preset, tmp_path):
+    """The reference (Word2VecT/Middo *_synthetic.py) builds DataDreamer's ``OpenAI(model_name="gpt-4o-mini")`` and
+    passes no max_new_tokens, so DataDreamer asks for up to gpt-4o-mini's output limit, 16384 (DataDreamer
+    src/llms/openai.py ``_get_max_output_length``), and sends its default system prompt for chat models, "You are a
+    helpful assistant." (same file, ``OpenAI.__init__``). Both reach the openai backend's constructor."""
+    from pathlib import Path
+
+    from middo.config import load_params
+    from middo.presets import apply_preset
+
+    root = Path(__file__).resolve().parents[2]
+    params = tmp_path / "params.yaml"
+    params.write_text((root / "params.yaml").read_text())
+    apply_preset(params, root / "presets" / preset)
+    teacher = load_params(params).refine.teacher
+    assert (teacher.model, teacher.max_new_tokens) == ("gpt-4o-mini", 16384)
+    assert teacher.system_prompt == "You are a helpful assistant."
+    assert teacher_kwargs(teacher, "cpu", "float32")["system_prompt"] == "You are a helpful assistant."

@@ -287,3 +287,74 @@ def test_a_response_schema_must_be_a_json_object():
         Sampling(response_schema="{not json")
     with pytest.raises(MiddoError, match="Sampling.response_schema: expected a JSON object"):
         Sampling(response_schema="[1, 2]")
+
+
+class DrawTeacher(EchoTeacher):
+    """Answers with the prompt and the seed it was asked with, as a seeded sampler's draw depends on both."""
+
+    def complete(self, prompts, sampling):
+        self.calls.append(list(prompts))
+        return [f"{p}:seed {sampling.seed}" for p in prompts]
+
+
+HOT = Sampling(max_new_tokens=16, temperature=1.0)
+
+
+def test_a_sampled_reply_is_not_replayed_into_another_round(tmp_path):
+    """Temperature > 0: the same prompt in round 2 is a new draw (a new key, a new seed), not round 1's reply."""
+    first = DrawTeacher()
+    round_1 = cached(first, tmp_path, round_=1).complete(["p"], HOT)
+    second = DrawTeacher()
+    teacher = cached(second, tmp_path, round_=2)
+    round_2 = teacher.complete(["p"], HOT)
+    assert (teacher.hits, teacher.misses, second.sent) == (0, 1, ["p"])
+    assert round_2 != round_1
+    assert cache_key(ECHO, VERSION, "p", HOT, (1, 0)) != cache_key(ECHO, VERSION, "p", HOT, (2, 0))
+    assert len(list(tmp_path.glob("??/*.json"))) == 2
+
+
+def test_a_rerun_of_the_same_sampled_round_hits_the_cache(tmp_path):
+    """A resumed round asks the same draws (same round, same draw indices): all hits, the same replies."""
+    out = cached(DrawTeacher(), tmp_path, round_=3).complete(["p", "q", "p"], HOT)
+    inner = DrawTeacher()
+    teacher = cached(inner, tmp_path, round_=3)
+    assert teacher.complete(["p", "q", "p"], HOT) == out
+    assert (teacher.hits, teacher.misses, inner.calls) == (3, 0, [])
+
+
+def test_a_sampled_prompt_asked_twice_in_one_call_is_two_draws(tmp_path):
+    """Two identical prompts sampled in one call (two copies of a sample) get two draws, asked with two seeds."""
+    inner = DrawTeacher()
+    teacher = cached(inner, tmp_path, round_=1)
+    a, b = teacher.complete(["p", "p"], HOT)
+    assert a != b and inner.sent == ["p", "p"] and (teacher.hits, teacher.misses) == (0, 2)
+
+
+def test_greedy_replies_are_shared_across_rounds_and_keep_their_old_keys(tmp_path):
+    """Temperature 0: the reply is the prompt's answer, so round 2 replays round 1's (and pre-round caches stay)."""
+    out = cached(DrawTeacher(), tmp_path, round_=1).complete(["p", "p"], SAMPLING)
+    inner = DrawTeacher()
+    teacher = cached(inner, tmp_path, round_=2)
+    assert teacher.complete(["p"], SAMPLING) == out[:1] == ["p:seed 42"]  # asked with the run's own seed
+    assert (teacher.hits, teacher.misses, inner.calls) == (1, 0, [])
+    assert [p.stem for p in tmp_path.glob("??/*.json")] == [cache_key(ECHO, VERSION, "p", SAMPLING)]
+
+
+def test_a_cut_reply_stays_cut_in_the_cache_and_an_old_entry_reads_as_complete(tmp_path):
+    """The finish reason is stored with the reply; an entry written before the field existed counts as complete."""
+    from middo.teachers.base import Reply
+
+    class Cut(EchoTeacher):
+        def complete(self, prompts, sampling):
+            return [Reply(f"{p} and then", "length") for p in prompts]
+
+    cached(Cut(), tmp_path).complete(["p"], SAMPLING)
+    [(reply, reason)] = [(r, r.finish_reason) for r in cached(EchoTeacher(), tmp_path).complete(["p"], SAMPLING)]
+    assert (reply, reason) == ("p and then", "length")
+    [path] = tmp_path.glob("??/*.json")
+    entry = json.loads(path.read_text())
+    del entry["finish_reason"]
+    path.write_text(json.dumps(entry))
+    inner = EchoTeacher()
+    [old] = cached(inner, tmp_path).complete(["p"], SAMPLING)
+    assert (old, old.finish_reason, inner.calls) == ("p and then", "stop", [])

@@ -333,3 +333,23 @@ def test_retry_after_header_forms(headers, expected):
 def test_retry_after_as_an_http_date():
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 28 <= retry_after({"retry-after": when}) <= 30
+
+
+def test_a_reply_cut_at_max_tokens_comes_back_marked_and_is_cached_so(fake_server, completion, tmp_path):
+    """The server's finish_reason reaches the caller ("length": the reply hit max_tokens), and the cache keeps it, so
+    a cut reply replayed from the cache is still known as cut and a complete one as complete."""
+
+    def respond(i, body):
+        cut = "essay" in body["messages"][-1]["content"]
+        return 200, completion("The first of three parts, then", "length") if cut else completion("four")
+
+    server = fake_server(respond)
+    prompts = ["Write an essay.", "What is 2+2?"]
+    identity = server_identity("m", server.base_url, "")
+    first = CachedTeacher(OpenAITeacher(server.base_url, "m"), tmp_path, identity, "v1").complete(prompts, SAMPLING)
+    assert first == ["The first of three parts, then", "four"]
+    assert [getattr(r, "finish_reason", None) for r in first] == ["length", "stop"]
+    again = CachedTeacher(OpenAITeacher(server.base_url, "m"), tmp_path, identity, "v1")
+    replayed = again.complete(prompts, SAMPLING)
+    assert (again.hits, again.misses, len(server.posts)) == (2, 0, 2)
+    assert [(r, getattr(r, "finish_reason", None)) for r in replayed] == [(r, r.finish_reason) for r in first]

@@ -61,3 +61,32 @@ def test_the_system_prompt_goes_through_the_chat_template(tiny_teacher):
     prompts, plain = ["Name a colour."], Sampling(max_new_tokens=4)
     schema = Sampling(max_new_tokens=4, response_schema='{"type": "object"}')
     assert with_system.complete(prompts, schema) == with_system.complete(prompts, plain)  # no constrained decoding
+
+
+def test_a_sampled_reply_that_hits_max_new_tokens_is_marked_cut(tiny_teacher):
+    """The random model never ends within 3 tokens: each sampled reply (generated one by one) is cut."""
+    replies = tiny_teacher.complete(
+        ["Tell me a story.", "Name a colour."], Sampling(max_new_tokens=3, temperature=1.0)
+    )
+    assert all(r.strip() for r in replies) and [getattr(r, "finish_reason", None) for r in replies] == ["length"] * 2
+
+
+@pytest.mark.slow
+def test_a_reply_that_uses_every_new_token_without_ending_is_marked_cut(base_model_dir, one_torch_thread):
+    """Cut means: all max_new_tokens generated and no end-of-sequence among them (greedy, batched with padding). A
+    reply whose last allowed token ends it is complete, and so is one that ends before the cap."""
+    teacher = TransformersTeacher(base_model_dir, device="cpu", dtype="float32")
+    prompt = "Tell me a story."
+    replies = teacher.complete([prompt, "Name three colours of the rainbow."], Sampling(max_new_tokens=3))
+    assert all(r.strip() for r in replies) and [getattr(r, "finish_reason", None) for r in replies] == ["length"] * 2
+    ids = torch.tensor([teacher.encode(prompt)])
+    model = teacher.loaded.model
+    greedy = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    third = greedy[0, -1].item()
+    assert third not in greedy[0, -3:-1].tolist()  # so the reply ends at its third token, not before
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [*(eos if isinstance(eos, list) else [eos]), third]
+    at_cap = teacher.complete([prompt], Sampling(max_new_tokens=3))  # the third greedy token now ends the reply
+    below_cap = teacher.complete([prompt], Sampling(max_new_tokens=8))
+    assert at_cap == below_cap and at_cap[0].strip()
+    assert [r.finish_reason for r in [*at_cap, *below_cap]] == ["stop", "stop"]

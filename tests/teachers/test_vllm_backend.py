@@ -25,3 +25,16 @@ def test_sampling_kwargs_and_the_system_message():
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi."},
     ]
+
+
+def test_a_completion_output_cut_at_max_tokens_is_marked_cut():
+    """vLLM's ``CompletionOutput.finish_reason`` is "length" when a reply hit ``max_tokens``; refine must see it."""
+    from middo.teachers import vllm_backend
+
+    cut, done, unfinished = (vllm_backend.reply_of("Half of", r) for r in ("length", "stop", None))
+    assert [(r, r.finish_reason) for r in (cut, done, unfinished)] == [
+        ("Half of", "length"),
+        ("Half of", "stop"),
+        ("Half of", "stop"),
+    ]
+    assert vllm_backend.reply_of("  ", "length") is None  # an empty reply stays a failed one

@@ -7,8 +7,9 @@ answer to that prompt. Which samples are asked, and how the new samples merge wi
 
 Every new sample passes :mod:`middo.refine.validate` first, the prompt before it is sent to be answered (junk costs
 no second call) and the whole sample after. Whatever cannot be used (a failed call, an unparseable reply, a rejected
-sample, a duplicate) leaves the original in place, with the reason in the change log and a count in the report; the
-report's ``unusable`` of ``asked`` lets the caller fail a round whose teacher mostly produced junk.
+sample, a reply cut at ``max_new_tokens``, a duplicate) leaves the original in place, with the reason in the change
+log and a count in the report; the report's ``unusable`` of ``asked`` lets the caller fail a round whose teacher
+mostly produced junk.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from middo.records import Record, content_id
 from middo.refine import merge as merging
 from middo.refine import prompts, validate
 from middo.refine.merge import OPS, UNUSABLE, Job, Outcome
-from middo.teachers.base import Sampling, Teacher
+from middo.teachers.base import Sampling, Teacher, is_cut
 
 __all__ = ["OPS", "UNUSABLE", "RefineResult", "generate", "refine_records"]
 
@@ -57,7 +58,8 @@ def generate(
     """Ask the teacher for each job's new sample; returns one outcome per job and the number of calls made.
 
     Call 1 rewrites (or, for diversify, invents) the prompt from the parent's prompt alone; call 2 answers each new
-    prompt that passed validation. The answer is validated against both templates, so neither can be parroted.
+    prompt that passed validation. The answer is validated against both templates, so neither can be parroted. A
+    reply of either call cut at ``max_new_tokens`` is rejected as such, whatever it reads like.
     ``sampling.response_schema`` (structured output) applies to call 1 only: an answer is free text.
     """
     hint_texts = {job: [by_id[h].prompt_text for h in job.hints] for job in jobs}
@@ -65,6 +67,9 @@ def generate(
     replies = teacher.complete(first, sampling) if first else []
     outcomes = []
     for job, reply in zip(jobs, replies):
+        if is_cut(reply):  # a prompt (or its analysis) stopped by the cap; its end may be the part that mattered
+            outcomes.append(Outcome(job, f"rejected: {validate.CUT_REASON}", reply))
+            continue
         parent, template = by_id[job.rid], prompts.REWRITE[job.op]
         instruction, status = prompts.parse_prompt(reply, fallback=job.op == "diversify")
         outcome = Outcome(job, status, reply, instruction)
@@ -87,6 +92,9 @@ def generate(
     for o, answer in zip(need, answers):
         if answer is None:
             o.reject("failed: no answer to the new prompt (call failed)", None)
+            continue
+        if is_cut(answer):  # an answer without its end would be trained on as if complete
+            o.reject(f"rejected: {validate.CUT_REASON}", answer)
             continue
         parent, op = by_id[o.job.rid], o.job.op
         output = prompts.clean(answer, strip_fences=False)

@@ -22,6 +22,7 @@ from middo.provenance import environment
 from middo.refine.engine import UNUSABLE, RefineResult, refine_records
 from middo.refine.prompts import TEMPLATE_VERSION, rewrite_schema
 from middo.refine.selection import select
+from middo.refine.validate import CUT_REASON
 from middo.teachers import make_teacher
 from middo.teachers.base import Sampling
 from middo.teachers.cache import CachedTeacher, local_identity, request_identity, server_identity
@@ -57,9 +58,10 @@ def teacher_kwargs(cfg: TeacherConfig, device: str, dtype: str) -> dict:
     }
 
 
-def build_teacher(cfg: TeacherConfig, device: str, dtype: str) -> CachedTeacher:
+def build_teacher(cfg: TeacherConfig, device: str, dtype: str, round_: int = 0) -> CachedTeacher:
     """The configured backend behind the content-addressed cache, keyed on what answers (see ``cache``): the
-    model, and what every request carries besides the prompt (system prompt, openai ``extra_body``)."""
+    model, and what every request carries besides the prompt (system prompt, openai ``extra_body``); a sampled
+    reply also on ``round_``, so no round is handed another round's draw."""
     inner = make_teacher(cfg.backend, **teacher_kwargs(cfg, device, dtype))
     if cfg.backend == "openai":
         identity = server_identity(cfg.model, cfg.base_url, cfg.revision)
@@ -72,7 +74,7 @@ def build_teacher(cfg: TeacherConfig, device: str, dtype: str) -> CachedTeacher:
 
             where = resolve_device(device)  # so do a CPU's and a GPU's kernels
             identity.update(device=where.type, dtype=str(resolve_dtype(dtype, where)).removeprefix("torch."))
-    return CachedTeacher(inner, cfg.cache_dir, identity, TEMPLATE_VERSION)
+    return CachedTeacher(inner, cfg.cache_dir, identity, TEMPLATE_VERSION, round_=round_)
 
 
 def check_unusable(result: RefineResult, round_: int, max_failed_fraction: float) -> None:
@@ -98,6 +100,11 @@ def check_unusable(result: RefineResult, round_: int, max_failed_fraction: float
         f"First ({first['op']} of {first['parent_id']}): {first['status']} -- {shown}. Nothing was written. "
         "Failed calls are not cached, so a rerun asks the teacher again once it is back; unparseable and rejected "
         "replies are cached, so change the teacher (refine.teacher) or raise refine.max_failed_fraction."
+        + (
+            " Cut replies: raise refine.teacher.max_new_tokens (a new cap asks afresh)."
+            if CUT_REASON in rep["rejected"]
+            else ""
+        )
     )
 
 
@@ -207,7 +214,7 @@ def refine_round(
     flags = select(flags, [r.id for r in records], selection, seed, round_)
     knn = dict(zip(scores["id"].to_list(), scores["knn_sim"].to_list()))
     neighbors = read_neighbors(scores, scores_path)
-    teacher = build_teacher(teacher_cfg, device, dtype)
+    teacher = build_teacher(teacher_cfg, device, dtype, round_)
     sampling = Sampling(
         max_new_tokens=teacher_cfg.max_new_tokens,
         temperature=teacher_cfg.temperature,

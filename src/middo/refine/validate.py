@@ -17,6 +17,8 @@ from difflib import SequenceMatcher
 from middo.records import Record
 from middo.refine.prompts import echoes_template
 
+# a reply stopped by the token cap (finish reason "length"): its end is missing however well the rest reads
+CUT_REASON = "cut at max_new_tokens"
 MIN_INSTRUCTION_CHARS = 5
 MAX_INSTRUCTION_CHARS = 2000  # or 4x the parent's prompt, whichever is larger
 MAX_ANSWER_CHARS = 8000  # or 4x the parent's answer, whichever is larger

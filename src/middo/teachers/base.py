@@ -18,6 +18,39 @@ class TeacherUnavailable(MiddoError):
     """The teacher cannot answer at all (e.g. its server is down); retrying item by item would only waste time."""
 
 
+CUT = "length"  # the finish reason of a reply stopped by max_new_tokens, in the OpenAI API's and vLLM's words
+
+
+class Reply(str):
+    """A reply's text that also says why decoding stopped (``finish_reason``: ``stop``, or ``length`` when it hit
+    ``max_new_tokens``).
+
+    A ``str``, so every caller that only reads the text is unchanged; a plain ``str`` from a backend that cannot tell
+    counts as complete. A reply cut at the cap reads like a complete one (a prompt missing its last clause, an
+    answer without its conclusion), so the caller must see the reason to reject it.
+    """
+
+    finish_reason: str
+
+    def __new__(cls, text: str, finish_reason: str = "stop"):
+        reply = super().__new__(cls, text)
+        reply.finish_reason = finish_reason
+        return reply
+
+    def __reduce__(self):  # a str subclass with a field: keep it across pickling (multiprocessing, copies)
+        return (Reply, (str(self), self.finish_reason))
+
+
+def finish_reason(reply: str) -> str:
+    """Why decoding stopped: a :class:`Reply`'s own reason, ``stop`` for a plain string."""
+    return getattr(reply, "finish_reason", "stop")
+
+
+def is_cut(reply: str | None) -> bool:
+    """True when ``reply`` stopped at ``max_new_tokens`` rather than where the model meant to end."""
+    return reply is not None and finish_reason(reply) == CUT
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How to decode; part of every cache key, so changing any field means fresh calls.
@@ -83,12 +116,16 @@ class Teacher(Protocol):
     def complete(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
         """Answer each prompt, sent as a single user message.
 
+        A backend that knows why decoding stopped returns :class:`Reply` objects, so a reply cut at
+        ``max_new_tokens`` can be told from a complete one.
+
         Args:
             prompts: the user messages, in order.
             sampling: decoding settings shared by all prompts.
 
         Returns:
-            One assistant reply per prompt, in the same order; ``None`` where that call failed after retries.
+            One assistant reply per prompt (a ``str`` or :class:`Reply`), in the same order; ``None`` where that
+            call failed after retries.
 
         Raises:
             TeacherUnavailable: the backend cannot be reached at all.

@@ -3,7 +3,8 @@
 Each call is keyed by what determines its answer: the teacher's identity (for a local model the hash of its weight and
 tokenizer files, not its path, so a new model at ``models/base`` is asked afresh; for a server its model name, URL and
 the configured revision; for both, the system prompt and extra request fields when set), the version of the prompt
-templates, the prompt and every sampling field (a structured-output schema included). One small JSON file per call,
+templates, the prompt and every sampling field (a structured-output schema included), and for a sampled reply the
+round and draw index (see :class:`CachedTeacher`). One small JSON file per call,
 written atomically, means a process killed mid-run leaves only complete entries behind, and two runs sharing a cache
 directory cannot corrupt each other. Misses go to the inner teacher in chunks and each chunk is stored as soon as it
 returns, so a kill loses at most one chunk of work. Failed calls (``None``) are not stored, so the next run retries
@@ -16,13 +17,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from middo.dataio.atomic import atomic_write_text
 from middo.errors import MiddoError
-from middo.teachers.base import Sampling, Teacher
+from middo.teachers.base import Reply, Sampling, Teacher, finish_reason
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,20 @@ MODEL_SUFFIXES = (
 FINGERPRINTS = "fingerprints.json"  # memo under the cache dir: folder -> file sizes and mtimes -> hash
 
 
-def cache_key(identity: Mapping[str, str], prompt_version: str, prompt: str, sampling: Sampling) -> str:
+def cache_key(
+    identity: Mapping[str, str],
+    prompt_version: str,
+    prompt: str,
+    sampling: Sampling,
+    draw: tuple[int, int] | None = None,
+) -> str:
     """sha256 of the canonical JSON of everything that determines the reply.
 
-    An unset ``response_schema`` (free text) is left out, so the caches written before it existed stay valid.
+    An unset ``response_schema`` (free text) is left out, and so is an unset ``draw`` (greedy), so the caches written
+    before they existed stay valid.
+
+    Args:
+        draw: ``(round, index)`` of a sampled reply (see :class:`CachedTeacher`); ``None`` for a greedy one.
     """
     fields = {k: v for k, v in asdict(sampling).items() if not (k == "response_schema" and v is None)}
     payload = {
@@ -46,8 +57,17 @@ def cache_key(identity: Mapping[str, str], prompt_version: str, prompt: str, sam
         "prompt": prompt,
         "sampling": fields,
     }
+    if draw is not None:
+        payload["draw"] = {"round": draw[0], "index": draw[1]}
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def draw_seed(seed: int, round_: int, index: int) -> int:
+    """The seed a sampled draw is asked with: the run's seed, the round and the draw index hashed into 31 bits (a
+    range every backend takes), so seeded backends (vLLM, the local teacher, OpenAI's best effort) draw afresh."""
+    digest = hashlib.sha256(f"{seed}\x1f{round_}\x1f{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & (2**31 - 1)
 
 
 def server_identity(model: str, base_url: str, revision: str) -> dict[str, str]:
@@ -135,6 +155,16 @@ class CachedTeacher:
     The key is built from ``identity`` and ``prompt_version`` rather than the inner teacher's ``model`` (a path or a
     name), which stays the same when the weights behind it change.
 
+    A sampled reply (temperature > 0) is one draw, not the answer to its prompt: its key also holds the round and a
+    draw index (the prompt's occurrence in the call: a prompt asked twice in one call is two draws), and the inner
+    teacher is asked with :func:`draw_seed`. So a sample flagged again in a later round with the same prompt gets a
+    fresh reply instead of round 1's (which would only be a duplicate), while a rerun of the same round (a resumed
+    run) asks the same draws and hits. A greedy reply is the answer: its key has neither, repeats in one call are
+    sent once, and every round shares it.
+
+    The entry keeps the reply's finish reason, so a cached reply cut at ``max_new_tokens`` is still known as cut; an
+    entry written before the field existed reads as complete.
+
     Attributes:
         hits: calls answered from the cache since this object was made.
         misses: calls sent to the inner teacher since this object was made (failed ones included).
@@ -147,6 +177,7 @@ class CachedTeacher:
         identity: Mapping[str, str],
         prompt_version: str,
         chunk_size: int = 64,
+        round_: int = 0,
     ):
         """
         Args:
@@ -155,6 +186,7 @@ class CachedTeacher:
             identity: what answers, from :func:`local_identity` or :func:`server_identity`.
             prompt_version: the version of the caller's prompt templates (the cache knows nothing of them).
             chunk_size: misses sent to the inner teacher per call; each chunk is stored before the next is sent.
+            round_: the refinement round asking; keys sampled replies only.
         """
         if chunk_size < 1:
             raise ValueError(f"CachedTeacher: chunk_size must be >= 1, got {chunk_size}")
@@ -165,6 +197,7 @@ class CachedTeacher:
         self.prompt_version = prompt_version
         self.cache_dir = Path(cache_dir)
         self.chunk_size = chunk_size
+        self.round = round_
         self.hits = 0
         self.misses = 0
 
@@ -177,9 +210,10 @@ class CachedTeacher:
         Raises:
             TeacherUnavailable: from the inner teacher; chunks finished before it are already stored.
         """
-        keys = [cache_key(self.identity, self.prompt_version, p, sampling) for p in prompts]
+        draws = self.draws(prompts, sampling)
+        keys = [cache_key(self.identity, self.prompt_version, p, sampling, d) for p, d in zip(prompts, draws)]
         results: list[str | None] = [None] * len(prompts)
-        missing: dict[str, list[int]] = {}  # key -> positions, so a prompt repeated in one call is sent once
+        missing: dict[str, list[int]] = {}  # key -> positions, so a greedy prompt repeated in one call is sent once
         for i, key in enumerate(keys):
             if key in missing:
                 missing[key].append(i)
@@ -195,18 +229,42 @@ class CachedTeacher:
         for start in range(0, len(todo), self.chunk_size):
             chunk = todo[start : start + self.chunk_size]
             self.misses += len(chunk)
-            replies = self.teacher.complete([prompts[pos[0]] for _, pos in chunk], sampling)
-            if len(replies) != len(chunk):
-                raise RuntimeError(f"{type(self.teacher).__name__} returned {len(replies)} replies for {len(chunk)}")
-            for (key, positions), reply in zip(chunk, replies):
-                if reply is not None:
-                    self._store(key, prompts[positions[0]], sampling, reply)
-                for i in positions:
-                    results[i] = reply
+            by_seed: dict[Sampling, list[tuple[str, list[int]]]] = {}  # one inner call per seed (draw index)
+            for key, positions in chunk:
+                by_seed.setdefault(self.sent(sampling, draws[positions[0]]), []).append((key, positions))
+            for sent, part in by_seed.items():
+                replies = self.teacher.complete([prompts[pos[0]] for _, pos in part], sent)
+                if len(replies) != len(part):
+                    raise RuntimeError(
+                        f"{type(self.teacher).__name__} returned {len(replies)} replies for {len(part)}"
+                    )
+                for (key, positions), reply in zip(part, replies):
+                    if reply is not None:
+                        self._store(key, prompts[positions[0]], sampling, reply, draws[positions[0]], sent.seed)
+                    for i in positions:
+                        results[i] = reply
         return results
 
-    def _load(self, key: str) -> str | None:
-        """The cached reply, or None when absent or unreadable (a hand-edited or foreign file is simply redone)."""
+    def draws(self, prompts: list[str], sampling: Sampling) -> list[tuple[int, int] | None]:
+        """Each prompt's ``(round, index)`` when sampling (index: how often the prompt came earlier in this call);
+        ``None`` for every prompt when greedy."""
+        if sampling.greedy:
+            return [None] * len(prompts)
+        seen: dict[str, int] = {}
+        out = []
+        for p in prompts:
+            out.append((self.round, seen.get(p, 0)))
+            seen[p] = seen.get(p, 0) + 1
+        return out
+
+    @staticmethod
+    def sent(sampling: Sampling, draw: tuple[int, int] | None) -> Sampling:
+        """The sampling the inner teacher is asked with: a draw's own seed, so a seeded backend does not repeat."""
+        return sampling if draw is None else replace(sampling, seed=draw_seed(sampling.seed, *draw))
+
+    def _load(self, key: str) -> Reply | None:
+        """The cached reply with its finish reason (``stop`` when the entry has none), or None when absent or
+        unreadable (a hand-edited or foreign file is simply redone)."""
         path = self.path(key)
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
@@ -219,9 +277,12 @@ class CachedTeacher:
         if not isinstance(output, str) or entry.get("key") != key:
             log.warning("teacher cache: ignoring malformed entry %s; calling the teacher again", path)
             return None
-        return output
+        reason = entry.get("finish_reason")
+        return Reply(output, reason if isinstance(reason, str) and reason else "stop")
 
-    def _store(self, key: str, prompt: str, sampling: Sampling, output: str) -> None:
+    def _store(
+        self, key: str, prompt: str, sampling: Sampling, output: str, draw: tuple[int, int] | None, seed: int
+    ) -> None:
         """Keep the inputs beside the output so an entry can be read (and audited) without the code."""
         entry = {
             "key": key,
@@ -230,6 +291,8 @@ class CachedTeacher:
             "model": self.model,
             "prompt": prompt,
             "sampling": asdict(sampling),
-            "output": output,
+            **({"draw": {"round": draw[0], "index": draw[1], "seed": seed}} if draw is not None else {}),
+            "output": str(output),
+            "finish_reason": finish_reason(output),
         }
         atomic_write_text(self.path(key), json.dumps(entry, ensure_ascii=False, indent=1) + "\n")

@@ -14,7 +14,8 @@ the failure reasons stay per item and countable. Anything else (a 400, a reply t
 The reply length goes out as ``max_tokens`` unless ``token_limit_param`` says otherwise; with ``auto``, a server that
 refuses ``max_tokens`` and asks for ``max_completion_tokens`` (newer OpenAI models) is asked again with that, and so
 is every later request. A :class:`~middo.teachers.base.Sampling` with a ``response_schema`` is sent as
-``response_format`` json_schema (strict), which vLLM serves as guided decoding.
+``response_format`` json_schema (strict), which vLLM serves as guided decoding. Each reply keeps the server's
+``finish_reason`` (a :class:`~middo.teachers.base.Reply`), so refine can reject one cut at ``max_tokens``.
 
 The API key is read from the environment variable named by ``api_key_env`` and handed to the client only: it is never
 logged, stored, or put in a message.
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from middo.errors import MiddoError
 from middo.optional import require
-from middo.teachers.base import Sampling, TeacherUnavailable
+from middo.teachers.base import Reply, Sampling, TeacherUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class OpenAITeacher:
             "Is the server running, and is refine.teacher.base_url right?"
         )
 
-    def _call(self, prompt: str, sampling: Sampling) -> str:
+    def _call(self, prompt: str, sampling: Sampling) -> Reply:
         """One chat completion with retries; raise _Failed (item is None) or TeacherUnavailable (stop the run)."""
         openai = self._openai
         attempt = 0
@@ -317,14 +318,17 @@ def _wants_max_completion_tokens(exc) -> bool:
     return "max_tokens" in text and "max_completion_tokens" in text
 
 
-def _reply_text(response) -> str:
-    """The assistant text of a chat completion, or _Failed if the reply has none (or is not a completion)."""
+def _reply_text(response) -> Reply:
+    """The assistant text of a chat completion with its ``finish_reason`` (``length``: cut at ``max_tokens``), or
+    _Failed if the reply has none (or is not a completion)."""
     try:
-        message = response.choices[0].message
+        choice = response.choices[0]
+        message = choice.message
         content = message.content
     except (AttributeError, IndexError, TypeError):
         raise _Failed("reply is not a chat completion") from None
     if not isinstance(content, str) or not content.strip():
         refusal = getattr(message, "refusal", None)  # structured output: a refusal comes in its own field
         raise _Failed("refusal" if isinstance(refusal, str) and refusal.strip() else "empty reply") from None
-    return content
+    reason = getattr(choice, "finish_reason", None)
+    return Reply(content, reason if isinstance(reason, str) and reason else "stop")

@@ -10,6 +10,9 @@ depend on which other prompts shared its call, and a rerun whose cache already h
 prompts) would get different ones. Per prompt, a rerun without the cache reproduces every reply. The seeding runs in
 a forked RNG, so the caller's random state is left as it was.
 
+A reply that used all ``max_new_tokens`` without an end-of-sequence token is marked cut (finish reason ``length``,
+as the OpenAI API and vLLM say it), so refine rejects it rather than keep a reply stopped mid-sentence.
+
 ``Sampling.response_schema`` (structured output) is ignored: ``generate`` has no constrained decoding, so replies are
 free text, which the refine parser reads as tagged text just the same.
 """
@@ -25,7 +28,7 @@ from tqdm.auto import tqdm
 
 from middo.diagnose.batching import pad_batch, token_budget_batches
 from middo.modeling import load_model
-from middo.teachers.base import Sampling
+from middo.teachers.base import CUT, Reply, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,8 @@ class TransformersTeacher:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def complete(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
-        """Answer every prompt; an empty reply, or one batch item that cannot fit in memory alone, is ``None``."""
+        """Answer every prompt; an empty reply, or one batch item that cannot fit in memory alone, is ``None``; each
+        reply is a :class:`~middo.teachers.base.Reply` that says whether it was cut at ``max_new_tokens``."""
         if not prompts:
             return []
         encoded = [self.encode(p) for p in prompts]
@@ -131,5 +135,15 @@ class TransformersTeacher:
             pad_token_id=tok.pad_token_id,
             **kwargs,
         )
-        texts = tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-        return [t if t.strip() else None for t in texts]
+        new = out[:, ids.shape[1] :]
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        stops = self._eos_ids()
+        # a row is cut when it used every new token and none of them ended it (a finished row holds its EOS, then pad)
+        cut = [len(row) >= sampling.max_new_tokens and not stops & set(row) for row in new.tolist()]
+        return [Reply(t, CUT if c else "stop") if t.strip() else None for t, c in zip(texts, cut)]
+
+    def _eos_ids(self) -> set[int]:
+        """The tokens that end a reply: the generation config's EOS ids (one or a list) and the tokenizer's."""
+        eos = self.loaded.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {self.tokenizer.eos_token_id}
+        return {i for i in ids if i is not None}

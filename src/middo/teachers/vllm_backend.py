@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from middo.optional import require
-from middo.teachers.base import Sampling
+from middo.teachers.base import Reply, Sampling
 
 
 def engine_kwargs(tensor_parallel_size: int = 1, max_model_len: int = 0, gpu_memory_utilization: float = 0.9) -> dict:
@@ -44,6 +44,14 @@ def conversation(system_prompt: str, prompt: str) -> list[dict[str, str]]:
     """One request as chat messages: the system message (when set), then the prompt as the user turn."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [*system, {"role": "user", "content": prompt}]
+
+
+def reply_of(text: str, finish_reason: str | None) -> Reply | None:
+    """One vLLM ``CompletionOutput`` as a reply: ``None`` when empty; ``finish_reason`` is ``stop``, ``length`` (cut
+    at ``max_tokens``), ``abort``, or ``None`` while unfinished (only seen when streaming), kept as ``stop``."""
+    if not text.strip():
+        return None
+    return Reply(text, finish_reason or "stop")
 
 
 def _structured(schema: dict) -> dict:
@@ -90,12 +98,13 @@ class VLLMTeacher:
         self.llm = LLM(model=self.model, **engine_kwargs(tensor_parallel_size, max_model_len, gpu_memory_utilization))
 
     def complete(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
-        """Answer every prompt in one vLLM call; an empty reply is ``None``."""
+        """Answer every prompt in one vLLM call; an empty reply is ``None``; each reply keeps vLLM's
+        ``CompletionOutput.finish_reason`` (``length``: cut at ``max_tokens``)."""
         if not prompts:
             return []
         schema = sampling.schema
         params = self._sampling_params(**sampling_kwargs(sampling), **(_structured(schema) if schema else {}))
         conversations = [conversation(self.system_prompt, p) for p in prompts]
         outputs = self.llm.chat(conversations, params, use_tqdm=True)
-        texts = [out.outputs[0].text if out.outputs else "" for out in outputs]
-        return [t if t.strip() else None for t in texts]
+        firsts = [out.outputs[0] if out.outputs else None for out in outputs]
+        return [reply_of(c.text, c.finish_reason) if c is not None else None for c in firsts]
