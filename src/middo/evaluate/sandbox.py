@@ -122,13 +122,15 @@ def bwrap_args(bwrap: str, as_root: bool) -> list[str]:
             args += ["--ro-bind", top, top]
     for name in _ETC:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    args += ["--dev", "/dev", "--proc", "/proc", "--size", str(SCRATCH_BYTES), "--perms", "1777", "--tmpfs", "/tmp"]
+    # The interpreter's folders go in after the private /tmp, so a venv that lives under /tmp (a CI clone in /tmp)
+    # is mounted over the tmpfs instead of hidden by it.
     roots = _python_roots()
-    parents = {os.path.dirname(p) for r in roots for p in _ancestors(r)} - {"/"}
+    parents = {os.path.dirname(p) for r in roots for p in _ancestors(r)} - {"/", "/tmp"}
     for parent in sorted(parents):  # made 0755: bwrap would copy the host's modes, and /root is often 0700
         args += ["--perms", "0755", "--dir", parent]
     for root in roots:
         args += ["--ro-bind", root, root]
-    args += ["--dev", "/dev", "--proc", "/proc", "--size", str(SCRATCH_BYTES), "--perms", "1777", "--tmpfs", "/tmp"]
     args += ["--remount-ro", "/", "--chdir", "/tmp"]
     return args
 
