@@ -7,7 +7,7 @@ from tiny_models import tiny_model
 from transformers import AutoTokenizer
 
 from middo.base_model import materialise
-from middo.chat_template import DEFAULT_TEMPLATE, ChatTemplateError, resolve_template
+from middo.chat_template import DEFAULT_TEMPLATE, ChatTemplateError, fit_to_cutoff, resolve_template
 from middo.config import TrainConfig
 from middo.records import Record
 
@@ -84,6 +84,23 @@ def test_training_and_loss_scoring_format_with_the_base_folders_template(templat
     assert trained.startswith("Human: Name a colour.") and "\nAssistant:Blue." in trained
     scored = tok.decode(tokenize_for_loss(tok, [rec], max_length=64)[0][0])
     assert scored == trained
+
+
+@pytest.mark.parametrize(
+    "n_prompt,n_response,cutoff,kept",
+    [
+        (100, 50, 200, (100, 50)),  # fits: nothing cut
+        (4036, 964, 4096, (3132, 964)),  # response under half the cutoff: whole; the prompt gives way
+        (300, 4700, 4096, (300, 3796)),  # prompt under half: whole; the response takes the rest
+        (2535, 2508, 4096, (2059, 2037)),  # both long: in proportion, 4096 * 2508 // 5043 = 2037 to the response
+        (10**6, 10, 16, (15, 1)),  # LLaMA-Factory's share would round to 0 here; one response token stays
+        (30, 0, 16, (16, 0)),  # nothing to keep of a response that has no token
+    ],
+)
+def test_a_long_sample_keeps_its_response_and_trims_its_prompt(n_prompt, n_response, cutoff, kept):
+    """LLaMA-Factory's cutoff_len split (data/processor/processor_utils.py, infer_seqlen), worked by hand."""
+    assert fit_to_cutoff(n_prompt, n_response, cutoff) == kept
+    assert sum(kept) == min(cutoff, n_prompt + n_response)
 
 
 def test_saved_tokenizers_name_a_class_transformers_4_knows(base_model_dir, tmp_path):

@@ -13,7 +13,7 @@ from middo.config import TrainConfig
 from middo.errors import MiddoError
 from middo.provenance import PACKAGES
 from middo.records import Record
-from middo.train import build_trainer, check_gpu_paths, train_sft
+from middo.train import build_trainer, check_gpu_paths, check_trainable, train_sft
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,19 +175,28 @@ def test_empty_dataset_is_refused_naming_the_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_nothing_left_after_truncation_is_refused_before_training(base_model_dir, tmp_path):
-    """Every chat-formatted prompt is longer than 16 tokens, so no response token survives truncation."""
+def test_a_prompt_longer_than_max_length_gives_way_to_the_response(base_model_dir, tmp_path):
+    """Every chat-formatted prompt is longer than 16 tokens: the prompt is trimmed and the response's first tokens
+    are trained on, packed or not (LLaMA-Factory's cut); cutting the sequence's end once left nothing to train on."""
+    from middo.diagnose.complexity import tokenize_for_loss
+    from middo.modeling import load_tokenizer
+
     model = tiny_model(base_model_dir, tmp_path / "tiny")
-    data = tmp_path / "data" / "round_1" / "train.jsonl"
-    out = tmp_path / "models" / "round_1"
+    tok = load_tokenizer(model)
     for packing in (False, True):
         cfg = replace(TINY, max_length=16, packing=packing)
-        with pytest.raises(MiddoError) as err:
-            train_sft(RECORDS, model, out, cfg, 42, "cpu", "float32", False, data_path=data)
-        msg = str(err.value)
-        assert msg.startswith(f"{data}: none of the 4 samples has a response token left"), msg
-        assert "train.max_length=16" in msg
-    assert not out.parent.exists() or not list(out.parent.iterdir())  # no model folder, no temp folder left
+        trainer = build_trainer(RECORDS, model, tmp_path / f"run{packing}", cfg, 42, "cpu", "float32", False)
+        check_trainable(trainer, len(RECORDS), tmp_path / "train.jsonl", cfg)  # nothing to refuse
+        labels = [label for row in trainer.train_dataset for label in row["labels"]]
+        assert len(labels) == 16 * len(RECORDS)  # no sample dropped (packed: four full blocks)
+        scored = []
+        for (full, n_prompt), (whole, n_whole) in zip(
+            tokenize_for_loss(tok, RECORDS, 16), tokenize_for_loss(tok, RECORDS, 10**6), strict=True
+        ):
+            assert len(full) == 16 and 0 < n_prompt < 16  # the prompt gave way
+            assert full[n_prompt:] == whole[n_whole : n_whole + 16 - n_prompt]  # to the response's first tokens
+            scored += full[n_prompt:]
+        assert sorted(label for label in labels if label != -100) == sorted(scored)  # trained tokens = scored ones
 
 
 @pytest.mark.slow

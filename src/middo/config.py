@@ -94,20 +94,30 @@ class ComplexityConfig:
 class DiversityConfig:
     m: float = knob(1.0, "Flag when mean kNN similarity < mean - m*std.", ge=0)
     k: int = knob(2, "Neighbours per sample (self excluded).", ge=1)
-    max_length: int = knob(512, "Cut prompts to this many tokens before embedding.", ge=1)
+    max_length: int | None = knob(
+        None, "Cut prompts to this many tokens before embedding; null: the whole prompt (the reference's).", ge=1
+    )
 
 
 @dataclass(frozen=True)
 class QualityConfig:
     m: float = knob(1.0, "Flag when the mean judged score < mean - m*std.", ge=0)
     mode: Literal["logits", "generate"] = knob(
-        "logits", "logits: expected value over '0'..'10' in one pass; generate: parse a short greedy answer."
+        "logits",
+        "logits: expected value over '0'..'10' in one pass (our fast option); generate: decode an answer and parse "
+        "its first number (the reference's judge).",
     )
     compare_modes: bool = knob(False, "Also run the other mode and report the agreement rate (doubles the cost).")
     max_chars: int = knob(
-        2000, "Clip instruction and response to this many characters inside the judge prompt.", ge=50
+        2000, "Clip instruction and response to this many characters inside the judge prompt (0: no clipping).", ge=0
+    )
+    cutoff: int = knob(
+        0, "Judge prompts longer than this many tokens lose the end of the sample, never the question (0: none).", ge=0
     )
     max_new_tokens: int = knob(8, "Answer length in generate mode.", ge=1)
+    temperature: float = knob(0.0, "generate mode: 0 decodes greedily; above 0 samples (the reference: 0.1).", ge=0)
+    top_p: float = knob(1.0, "generate mode, when sampling: nucleus mass (the reference: 0.7).", gt=0, le=1)
+    top_k: int = knob(0, "generate mode, when sampling: the k likeliest tokens, 0 for all (the reference: 50).", ge=0)
 
 
 @dataclass(frozen=True)

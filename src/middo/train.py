@@ -1,8 +1,9 @@
 """Supervised fine-tuning of the base model on one round's dataset, with TRL's ``SFTTrainer``.
 
 Each round trains from the *base* model (as the paper does), so rounds differ only by their data. Samples go to TRL
-in its conversational prompt/completion form: TRL applies the chat template and masks the prompt, so the loss falls
-on the response tokens only, the same tokens the complexity signal scores.
+already tokenized by :func:`middo.chat_template.training_rows` (chat template applied, prompt masked, too-long samples
+cut by keeping the response and trimming the prompt), so the loss falls on the response tokens only, the same tokens
+the complexity signal scores.
 
 Under torchrun (``base.processes``, or ``accelerate launch``) each process takes its share of every batch (so the
 effective batch is ``batch_size * grad_accum * processes``) and the checkpoint is saved through the trainer, which
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from middo.chat_template import make_tokenizer_portable
+from middo.chat_template import make_tokenizer_portable, training_rows
 from middo.checkpoint_config import make_config_portable
 from middo.config import TrainConfig
 from middo.dataio.atomic import atomic_write_text
@@ -32,14 +33,6 @@ from middo.modeling import load_tokenizer, merged_adapter_model, record_adapter_
 from middo.optional import require
 from middo.provenance import device_name, environment
 from middo.records import Record
-
-
-def to_prompt_completion(records: Sequence[Record]) -> list[dict]:
-    """TRL's conversational prompt/completion rows (``completion_only_loss`` masks the prompt)."""
-    return [
-        {"prompt": r.messages(with_response=False), "completion": [{"role": "assistant", "content": r.output}]}
-        for r in records
-    ]
 
 
 def check_gpu_paths(cfg: TrainConfig) -> None:
@@ -110,8 +103,8 @@ def build_trainer(
 ):
     """An ``SFTTrainer`` ready to ``train()``; separate from :func:`train_sft` so tests can inspect batches.
 
-    Building it tokenizes the records and truncates them to ``cfg.max_length`` (TRL drops those left with no
-    response token), so ``len(trainer.train_dataset)`` is what training will really see.
+    Building it tokenizes the records and cuts them to ``cfg.max_length`` (the response kept, the prompt trimmed; TRL
+    would drop a sample left with no response token), so ``len(trainer.train_dataset)`` is what training will see.
     """
     import torch
     from datasets import Dataset
@@ -174,7 +167,8 @@ def build_trainer(
         attn_implementation=cfg.attn_implementation,
         trust_remote_code=trust_remote_code,
     )
-    dataset = Dataset.from_list(to_prompt_completion(records))
+    # tokenized and cut here by the rule loss scoring uses (keep the response, trim the prompt), not TRL's keep_start
+    dataset = Dataset.from_list(training_rows(tokenizer, records, cfg.max_length))
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import tiny_model
 
+from middo.chat_template import fit_to_cutoff
 from middo.config import TrainConfig
 from middo.diagnose.complexity import response_losses, tokenize_for_loss
 from middo.records import Record
@@ -76,12 +77,13 @@ def test_invariant_to_batching_and_padding(scoring_model, max_tokens, side, head
 
 
 @pytest.mark.slow
-def test_truncated_away_response_is_nan_not_dropped(scoring_model):
+def test_a_prompt_longer_than_the_cutoff_still_scores_its_response(scoring_model):
     lm = scoring_model
     enc = tokenize_for_loss(lm.tokenizer, [EASY, HARD], max_length=20)  # the system prompt alone is longer
     loss = response_losses(lm.model, enc, lm.tokenizer.pad_token_id, lm.device)
     assert loss.shape == (2,)
-    assert np.isnan(loss).all()
+    assert np.isfinite(loss).all()  # the prompt gave way, not the response
+    assert all(len(ids) == 20 and n_prompt < 20 for ids, n_prompt in enc)
 
 
 # 161 tokens through SmolLM2's chat template, 50 of them prompt (system prompt included)
@@ -104,13 +106,15 @@ def test_scored_tokens_are_the_trained_tokens(base_model_dir, tmp_path):
 
     model_dir = tiny_model(base_model_dir, tmp_path / "tiny")
     tok = load_tokenizer(model_dir)
-    ((untruncated, _),) = tokenize_for_loss(tok, [LONG], 10**6)
-    for max_length in (64, 120, 4096):  # cut 14 tokens into the response, mid-response, not cut
+    ((untruncated, n_whole),) = tokenize_for_loss(tok, [LONG], 10**6)
+    for max_length in (64, 120, 4096):  # both sides cut (20 + 44), the response cut (50 + 70), not cut
         cfg = TrainConfig(max_steps=1, batch_size=1, max_length=max_length)
         trainer = build_trainer([LONG], model_dir, tmp_path / f"run{max_length}", cfg, 0, "cpu", "float32", False)
         row = trainer.train_dataset[0]
         ((full, n_prompt),) = tokenize_for_loss(tok, [LONG], max_length)
-        assert len(full) == min(max_length, len(untruncated)) and full == untruncated[: len(full)]
+        keep_prompt, keep_response = fit_to_cutoff(n_whole, len(untruncated) - n_whole, max_length)
+        assert len(full) == min(max_length, len(untruncated)) and n_prompt == keep_prompt
+        assert full == untruncated[:keep_prompt] + untruncated[n_whole : n_whole + keep_response]
         assert row["input_ids"] == full
         trained = [i for i, label in enumerate(row["labels"]) if label != -100]
         assert trained == list(range(n_prompt, len(full)))
@@ -120,3 +124,59 @@ def test_scored_tokens_are_the_trained_tokens(base_model_dir, tmp_path):
             train_loss = model(input_ids=ids, labels=torch.tensor([row["labels"]])).loss.item()
         scored = response_losses(model, [(full, n_prompt)], tok.pad_token_id, torch.device("cpu"))
         assert scored[0] == pytest.approx(train_loss, rel=1e-5)
+
+
+# About 5,000 tokens each through SmolLM2's chat template, over the paper's cutoff of 4096: a prompt longer than
+# the cutoff (4,316 + 688 tokens: cutting the sequence's end left no response token), and both sides long (2,535 +
+# 2,508: they share the cutoff, each keeping its start).
+LONG_PROMPT = Record(
+    id="long-prompt",
+    instruction="Count the words below. " + "alpha beta gamma delta " * 1070,
+    output="There are four thousand words. " + "They repeat alpha beta gamma delta. " * 97,
+)
+LONG_BOTH = Record(
+    id="long-both",
+    instruction="Continue the list. " + "one two three four five " * 500,
+    output="Here it goes on: " + "six seven eight nine ten " * 500,
+)
+
+
+@pytest.mark.slow
+def test_a_sample_over_the_cutoff_keeps_its_response_start_and_trains_on_the_tokens_it_is_scored_on(
+    base_model_dir, tmp_path
+):
+    """The paper's cutoff (4096) on 5,000-token samples, through the real tokenizer and a tiny model of the same
+    architecture (a 4096-token pass of it takes well under a second): a finite loss for each, the prompt trimmed,
+    the response's first tokens kept, and training labels exactly the tokens scored (once cutting the end of the
+    whole sequence lost the first sample's response: NaN loss, and TRL dropped it from training)."""
+    from middo.modeling import load_tokenizer
+    from middo.train import build_trainer
+
+    model_dir = tiny_model(base_model_dir, tmp_path / "tiny")
+    tok = load_tokenizer(model_dir)
+    records = [LONG_PROMPT, LONG_BOTH]
+    whole = tokenize_for_loss(tok, records, 10**6)
+    cut = tokenize_for_loss(tok, records, 4096)
+    cfg = TrainConfig(max_steps=1, batch_size=1, max_length=4096)
+    trainer = build_trainer(records, model_dir, tmp_path / "run", cfg, 0, "cpu", "float32", False)
+    model = trainer.model.eval()
+    scored = response_losses(model, cut, tok.pad_token_id, torch.device("cpu"))
+    assert np.isfinite(scored).all()
+    rows = {tuple(row["input_ids"]): row["labels"] for row in trainer.train_dataset}
+    assert len(rows) == 2  # no sample dropped
+    for (untruncated, n_whole), (full, n_prompt), loss in zip(whole, cut, scored, strict=True):
+        response = untruncated[n_whole:]
+        assert 5000 <= len(untruncated) < 5100 and len(full) == 4096
+        assert 0 < n_prompt < n_whole  # the prompt gave way...
+        assert full[:n_prompt] == untruncated[:n_prompt]  # ...keeping its start
+        assert full[n_prompt:] == response[: len(full) - n_prompt]  # the response's first tokens
+        labels = rows[tuple(full)]
+        trained = [i for i, label in enumerate(labels) if label != -100]
+        assert trained == list(range(n_prompt, len(full)))  # trained tokens = scored tokens
+        with torch.inference_mode():
+            train_loss = model(input_ids=torch.tensor([full]), labels=torch.tensor([labels])).loss.item()
+        assert loss == pytest.approx(train_loss, rel=1e-5)
+    (_, n_whole), (full, n_prompt) = whole[0], cut[0]
+    assert len(full) - n_prompt == len(whole[0][0]) - n_whole  # a response under half the cutoff is kept whole
+    (untruncated, n_whole), (full, n_prompt) = whole[1], cut[1]
+    assert len(full) - n_prompt < len(untruncated) - n_whole  # two long sides share the cutoff

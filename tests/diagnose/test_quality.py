@@ -242,3 +242,110 @@ def test_logits_judge_matches_a_full_vocabulary_reference(scoring_model, one_tor
     for share_prefix in (True, False):
         res = judge_logits(lm.model, lm.tokenizer, [GOOD, BAD], lm.device, share_prefix=share_prefix)
         np.testing.assert_allclose(res.scores, ref, atol=1e-4, err_msg=f"share_prefix={share_prefix}")
+
+
+# --- the judge's params (diagnose.quality.{max_chars, cutoff, temperature, top_p, top_k}) ---
+LONG = Record(
+    id="long",
+    instruction="Summarise this report. " + "The harvest was late this year. " * 600,
+    output=("The report says the harvest was late. " * 600),
+)
+
+
+def test_judge_cutoff_trims_the_sample_and_keeps_the_question(base_model_dir):
+    from middo.diagnose.quality import judge_ids
+    from middo.modeling import load_tokenizer
+
+    tok = load_tokenizer(base_model_dir)
+    for j in JUDGEMENTS:
+        full = judge_ids(tok, LONG, j, max_chars=0, cutoff=0)
+        assert len(full) > 4000  # max_chars 0 clips nothing: the whole sample is there
+        cut = judge_ids(tok, LONG, j, max_chars=0, cutoff=512)
+        assert 400 < len(cut) <= 512
+        text = tok.decode(cut)
+        aspect = j.split("_", 1)[1]
+        assert f"Rate the {aspect} " in text and text.rstrip().endswith(tok.decode(full[-8:]).rstrip())
+        assert "[...]" in text
+        assert ("harvest was late." in text.split("### Response")[-1]) == j.startswith("response")
+    assert len(judge_prompt(LONG, JUDGEMENTS[3], max_chars=0)) > len(LONG.output)  # 0 = no character clipping
+    assert len(judge_prompt(LONG, JUDGEMENTS[3], max_chars=100)) < 1000
+
+
+def test_judge_cutoff_too_small_for_the_question_names_the_param(base_model_dir):
+    from middo.diagnose.quality import judge_ids
+    from middo.errors import MiddoError
+    from middo.modeling import load_tokenizer
+
+    with pytest.raises(MiddoError, match=r"diagnose\.quality\.cutoff=40"):
+        judge_ids(load_tokenizer(base_model_dir), LONG, JUDGEMENTS[0], max_chars=0, cutoff=40)
+
+
+@pytest.mark.slow
+def test_generate_samples_with_the_given_settings_and_a_seed_repeats_them(scoring_model):
+    lm = scoring_model
+    run = lambda **kw: judge_generate(lm.model, lm.tokenizer, [GOOD, BAD], lm.device, max_new_tokens=5, **kw)[1]  # noqa: E731
+    greedy = run()
+    hot = run(temperature=1.5, top_p=1.0, top_k=0, seed=0)
+    assert hot == run(temperature=1.5, top_p=1.0, top_k=0, seed=0)  # same seed, same draws
+    assert hot != greedy and hot != run(temperature=1.5, top_p=1.0, top_k=0, seed=1)  # it does sample
+    assert run(temperature=1.5, top_p=1.0, top_k=1, seed=1) == greedy  # top_k reaches the sampler: k=1 is greedy
+    assert run(temperature=1.5, top_p=1e-6, top_k=0, seed=2) == greedy  # so does top_p
+
+
+class _RecordingModel(_ScriptedModel):
+    """The scripted judge above, also keeping what the stage asked ``generate`` for (the 135M model's sampled answers
+    are all unparseable, so its scores cannot show which settings it got)."""
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        self.calls.append({"n_ids": input_ids.shape[1], "max_new_tokens": max_new_tokens, **kwargs})
+        return super().generate(input_ids, attention_mask, max_new_tokens)
+
+
+def test_the_diagnosis_judges_with_its_params(base_model_dir):
+    """``diagnose.quality.*`` reach the judge from the stage's config, the demo's greedy default included."""
+    from middo.config import DiagnoseConfig, QualityConfig
+    from middo.diagnose.run import _judge
+    from middo.distributed import Shard
+    from middo.modeling import load_tokenizer
+
+    tok = load_tokenizer(base_model_dir)
+    lm = type("LM", (), {"tokenizer": tok, "device": "cpu"})()
+    lm.model = _RecordingModel(tok, dict.fromkeys(JUDGEMENTS, "7"))
+    lm.model.calls = []
+    q = QualityConfig(mode="generate", temperature=0.1, top_p=0.7, top_k=50, max_new_tokens=3, max_chars=0, cutoff=300)
+    res = _judge("generate", lm, [GOOD, LONG], DiagnoseConfig(quality=q), Shard())
+    np.testing.assert_array_equal(res.scores, np.full((2, 6), 7.0))
+    asked = lm.model.calls
+    assert {(c["do_sample"], c["temperature"], c["top_p"], c["top_k"], c["max_new_tokens"]) for c in asked} == {
+        (True, 0.1, 0.7, 50, 3)
+    }
+    assert max(c["n_ids"] for c in asked) <= 300  # the cutoff bounds every prompt (LONG is over 4000 tokens)
+    lm.model.calls = []
+    _judge("generate", lm, [GOOD, LONG], DiagnoseConfig(), Shard())  # the demo's: greedy, 8 tokens, 2000 chars
+    assert {(c["do_sample"], c["max_new_tokens"]) for c in lm.model.calls} == {(False, 8)}
+    assert max(c["n_ids"] for c in lm.model.calls) > 300
+
+
+def test_the_agreement_bench_defaults_to_the_paper_judge_and_compares_flag_sets(capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("bench_judge_agreement", root / "bench/bench_judge_agreement.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(
+        ["--model", "unused", "--data", str(root / "tests/assets/datasets/alpaca.jsonl"), "--limit", "3", "--dry-run"]
+    )
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["records"] == 3
+    assert printed["generate"] == {
+        "temperature": 0.1, "top_p": 0.7, "top_k": 50, "max_new_tokens": 1024, "cutoff": 4096, "max_chars": 0,
+    }  # fmt: skip
+    # flag sets at mean - m*std (sample std): generate flags 0 and 1, logits 1 and 2 -> one shared of three
+    gen = np.array([0.0, 1.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0])
+    log = np.array([8.0, 1.0, 0.0, 8.0, 8.0, 8.0, 8.0, 8.0])
+    row = bench.flagged_overlap(gen, log, 0.5)
+    assert (row["flagged_generate"], row["flagged_logits"], row["flagged_both"]) == (2, 2, 1)
+    assert row["jaccard"] == pytest.approx(1 / 3) and row["generate_flags_also_logits"] == 0.5

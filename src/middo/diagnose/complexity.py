@@ -12,44 +12,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from middo.chat_template import tokenize_turn
 from middo.diagnose.batching import pad_batch, progress, token_budget_batches
 from middo.distributed import Shard, owned_mask
 from middo.modeling import decoder_hidden
 from middo.records import Record
 
 
-def _ids(encoded) -> list[int]:
-    return list(encoded["input_ids"] if not isinstance(encoded, list) else encoded)
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Number of leading tokens ``a`` and ``b`` share."""
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
-
-
 def tokenize_for_loss(tokenizer, records: Sequence[Record], max_length: int) -> list[tuple[list[int], int]]:
     """``(full_ids, n_prompt)`` per record: the tokens training sees and how many of them are prompt (masked).
 
-    Follows TRL's SFT rule for conversational prompt/completion rows (what :mod:`middo.train` feeds it), so that
-    the loss is measured on exactly the tokens training learns from:
-
-    - ``full_ids`` is the chat template applied to prompt + response, ``prompt`` the template applied to the prompt
-      with the generation prompt; the response starts where the two token lists first differ (usually right after
-      the prompt; earlier when a template renders the prompt alone differently);
-    - both are cut to the first ``max_length`` tokens (``train.max_length``, TRL's default ``keep_start``; packing
-      cuts long samples the same way), chat-template tokens included.
-
-    A record whose response lies wholly beyond ``max_length`` keeps ``n_prompt == len(full_ids)``: no token to
-    score (NaN loss), and TRL drops it from training.
+    Both come from :func:`middo.chat_template.tokenize_turn`, the function training tokenizes with, so the loss is
+    measured on exactly the tokens training learns from, cut at ``max_length`` (``train.max_length``) the same way:
+    a sample too long keeps the first tokens of its response and gives up the end of its prompt (LLaMA-Factory's
+    rule), so it still gets a loss.
     """
-    out = []
-    for rec in records:
-        prompt = _ids(tokenizer.apply_chat_template(rec.messages(False), add_generation_prompt=True, tokenize=True))
-        full = _ids(tokenizer.apply_chat_template(rec.messages(True), tokenize=True))
-        n_prompt = common_prefix_length(prompt, full)
-        out.append((full[:max_length], min(n_prompt, max_length)))
-    return out
+    return [tokenize_turn(tokenizer, rec, max_length) for rec in records]
 
 
 @torch.inference_mode()
@@ -65,7 +43,7 @@ def response_losses(
     shard: Shard = Shard(),
     bar=None,
 ) -> np.ndarray:
-    """Per-sample mean response-token loss (float64); NaN where no response token survived truncation.
+    """Per-sample mean response-token loss (float64); NaN for a sample with no response token.
 
     With a ``shard`` each process scores its share of the batches and every process returns the merged array.
     """

@@ -29,16 +29,21 @@ def prompt_embeddings(
     tokenizer,
     texts: Sequence[str],
     device: torch.device,
-    max_length: int = 512,
+    max_length: int | None = None,
     max_tokens: int = 16384,
     padding_side: str = "right",
     desc: str = "embed",
     shard: Shard = Shard(),
     bar=None,
 ) -> np.ndarray:
-    """Mean-pooled last hidden states, float32 ``[N, H]``, in input order (merged across a ``shard``'s processes)."""
+    """Mean-pooled last hidden states, float32 ``[N, H]``, in input order (merged across a ``shard``'s processes).
+
+    ``max_length`` None embeds each prompt whole, as the reference does; memory stays bounded all the same, since the
+    caller passes one window of texts at a time and a prompt longer than ``max_tokens`` is a batch of its own.
+    """
+    cut = max_length is not None
     encoded = [
-        tokenizer(t, truncation=True, max_length=max_length)["input_ids"] or [tokenizer.eos_token_id] for t in texts
+        tokenizer(t, truncation=cut, max_length=max_length)["input_ids"] or [tokenizer.eos_token_id] for t in texts
     ]
     hidden_size = model.get_input_embeddings().weight.shape[1]
     out = np.zeros((len(texts), hidden_size), dtype=np.float32)

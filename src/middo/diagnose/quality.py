@@ -4,10 +4,14 @@ Six judgements per sample, following the reference code's structure: each aspect
 prompt alone (the response is not shown at all) and once on the response together with its prompt. A sample's
 score is, per aspect, the mean of its two sides, then the mean of the three aspects.
 
-Two modes. ``generate`` asks for the number first, decodes a short greedy answer and takes the first number in it,
-clipped to 0..10; an answer without a number scores 0, as in the reference code, and is counted. ``logits`` (our
-fast option, not in the reference) reads the next-token distribution over "0".."10" after a fixed "Score: " prefix
-and takes its expected value: one forward pass, always a number.
+Two modes. ``generate`` asks for the number first, decodes an answer and takes the first number in it, clipped to
+0..10; an answer without a number scores 0, as in the reference code, and is counted. Its sampling, answer length,
+character clipping and token cutoff are params (``diagnose.quality.*``): the demo decodes 8 greedy tokens, the paper
+presets the reference's 1024 tokens at temperature 0.1, top_p 0.7, top_k 50 with a 4096-token cutoff
+(``quality_infer.py``). ``logits`` (our fast option, not in the reference) reads the next-token distribution over
+"0".."10" after a fixed "Score: " prefix and takes its expected value: one forward pass, always a number.
+
+Both run on the diagnosis's own HF model; the reference generates with vLLM, which only the teacher uses here.
 """
 
 from __future__ import annotations
@@ -57,24 +61,69 @@ _QUESTION = (
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+CUT_MARK = " [...]"
+
+
 def _clip(text: str, max_chars: int) -> str:
-    return text if len(text) <= max_chars else text[:max_chars] + " [...]"
+    """``text`` cut to ``max_chars`` characters (0: never cut)."""
+    return text if max_chars <= 0 or len(text) <= max_chars else text[:max_chars] + CUT_MARK
+
+
+def _render(prompt: str, response: str, judgement: str) -> str:
+    if judgement not in JUDGEMENTS:
+        raise KeyError(f"unknown judgement {judgement!r}; expected one of {JUDGEMENTS}")
+    target, aspect = judgement.split("_", 1)
+    text = _INTRO.format(prompt=prompt)
+    if target == "response":
+        text += _RESPONSE.format(response=response)
+    what = "prompt above" if target == "instruction" else "response above, read together with its prompt"
+    return text + _QUESTION.format(what=what, aspect=aspect, question=ASPECTS[aspect][target])
 
 
 def judge_prompt(rec: Record, judgement: str, max_chars: int = 2000) -> str:
     """The user message for one of the six judgements; ``instruction_*`` ones never contain the response.
 
+    ``max_chars`` clips the prompt and the response to that many characters each (0: no clipping).
+
     Raises:
         KeyError: ``judgement`` is not one of :data:`JUDGEMENTS`.
     """
-    if judgement not in JUDGEMENTS:
-        raise KeyError(f"unknown judgement {judgement!r}; expected one of {JUDGEMENTS}")
-    target, aspect = judgement.split("_", 1)
-    text = _INTRO.format(prompt=_clip(rec.prompt_text, max_chars))
-    if target == "response":
-        text += _RESPONSE.format(response=_clip(rec.output, max_chars))
-    what = "prompt above" if target == "instruction" else "response above, read together with its prompt"
-    return text + _QUESTION.format(what=what, aspect=aspect, question=ASPECTS[aspect][target])
+    return _render(_clip(rec.prompt_text, max_chars), _clip(rec.output, max_chars), judgement)
+
+
+def judge_ids(tokenizer, rec: Record, judgement: str, max_chars: int = 2000, cutoff: int = 0) -> list[int]:
+    """Chat-formatted token ids of one judgement, at most ``cutoff`` long (0: no limit).
+
+    The reference cuts its judge inputs at ``cutoff_len`` tokens. Here the sample's text is trimmed (its end, the
+    longer of prompt and response first) and the closing question always kept: a judge that never sees the question
+    cannot answer it.
+
+    Raises:
+        MiddoError: ``cutoff`` leaves no room for the sample (names ``diagnose.quality.cutoff``).
+    """
+    ids = _chat_ids(tokenizer, judge_prompt(rec, judgement, max_chars))
+    if cutoff <= 0 or len(ids) <= cutoff:
+        return ids
+    enc = lambda t: tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    prompt = enc(_clip(rec.prompt_text, max_chars))
+    response = enc(_clip(rec.output, max_chars)) if judgement.startswith("response") else []
+    mark = len(enc(CUT_MARK))
+    budget = cutoff - (len(ids) - len(prompt) - len(response)) - 2 * mark
+    for _ in range(8):  # token merges at the joins can shift the count by a few; each pass removes the overshoot
+        if budget < 2:
+            raise MiddoError(
+                f"diagnose.quality.cutoff={cutoff}: the judge prompt's own text leaves no tokens for the sample; "
+                "raise it (the reference uses 4096)"
+            )
+        keep_p = min(len(prompt), max(budget // 2, budget - len(response)))
+        keep_r = min(len(response), budget - keep_p)
+        p_text = tokenizer.decode(prompt[:keep_p]) + (CUT_MARK if keep_p < len(prompt) else "")
+        r_text = tokenizer.decode(response[:keep_r]) + (CUT_MARK if keep_r < len(response) else "")
+        ids = _chat_ids(tokenizer, _render(p_text, r_text, judgement))
+        if len(ids) <= cutoff:
+            return ids
+        budget -= len(ids) - cutoff
+    raise MiddoError(f"diagnose.quality.cutoff={cutoff}: could not fit a judge prompt; raise it")
 
 
 def parse_score(text: str) -> tuple[float, str]:
@@ -129,15 +178,18 @@ def _chat_ids(tokenizer, user: str) -> list[int]:
     return list(enc["input_ids"] if not isinstance(enc, list) else enc)
 
 
-def _side_groups(tokenizer, records: Sequence[Record], max_chars: int, suffix: Sequence[int]) -> list[list[list[int]]]:
+def _side_groups(
+    tokenizer, records: Sequence[Record], max_chars: int, suffix: Sequence[int], cutoff: int = 0
+) -> list[list[list[int]]]:
     """Token ids of every judgement prompt (plus ``suffix``), grouped by record and side: ``2N`` groups of 3.
 
     A group's prompts differ only in their closing question, so they share almost all their tokens.
     """
     n_a = len(ASPECTS)
     groups = []
+    room = cutoff - len(suffix) if cutoff > 0 else 0
     for r in records:
-        seqs = [_chat_ids(tokenizer, judge_prompt(r, j, max_chars)) + list(suffix) for j in JUDGEMENTS]
+        seqs = [judge_ids(tokenizer, r, j, max_chars, room) + list(suffix) for j in JUDGEMENTS]
         groups.extend(seqs[i : i + n_a] for i in range(0, len(seqs), n_a))
     return groups
 
@@ -190,6 +242,7 @@ def judge_logits(
     share_prefix: bool = True,
     shard: Shard = Shard(),
     bar=None,
+    cutoff: int = 0,
 ) -> QualityResult:
     """Expected score over "0".."10" for every record × judgement.
 
@@ -203,7 +256,7 @@ def judge_logits(
     # with a split "10" we append "1" and read two positions: P(first digit) and P("0" | "1")
     extra = [digit_ids[1]] if len(ten) == 2 else []
     n_read = 2 if extra else 1
-    groups = _side_groups(tokenizer, records, max_chars, answer + extra)
+    groups = _side_groups(tokenizer, records, max_chars, answer + extra, cutoff)
     head = model.get_output_embeddings()
     n_g, n_j = len(ASPECTS), len(JUDGEMENTS)
     scores = np.zeros((len(groups), n_g))
@@ -259,28 +312,43 @@ def judge_generate(
     max_chars: int = 2000,
     shard: Shard = Shard(),
     bar=None,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    cutoff: int = 0,
+    seed: int = 0,
 ) -> tuple[QualityResult, list[str]]:
-    """Greedy short answers, parsed with :func:`parse_score` (unparseable = 0, counted); returns the raw answers
-    too, for the report.
+    """Answers decoded by the model, parsed with :func:`parse_score` (unparseable = 0, counted); returns the raw
+    answers too, for the report.
 
-    Greedy rather than the reference's near-greedy sampling (temperature 0.1), so that reruns and sharded runs give
-    the same scores.
+    ``temperature`` 0 decodes greedily (the demo: reruns give the same scores). Above 0 it samples with ``top_p`` and
+    ``top_k`` (0: no top-k), as the reference's vLLM judge does at 0.1 / 0.7 / 50; each batch seeds torch from
+    ``seed`` and its first judgement's index, so a rerun with the same batches draws the same answers. ``cutoff``
+    bounds each judge prompt in tokens (:func:`judge_ids`).
     """
-    seqs = [_chat_ids(tokenizer, judge_prompt(r, j, max_chars)) for r in records for j in JUDGEMENTS]
+    seqs = [judge_ids(tokenizer, r, j, max_chars, cutoff) for r in records for j in JUDGEMENTS]
     scores = np.zeros(len(seqs))
     answers = [""] * len(seqs)
     counts = {"ok": 0, "clamped": 0, "unparseable": 0}
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     batches = shard.take(token_budget_batches([len(s) + max_new_tokens for s in seqs], max_tokens))
     owned = owned_mask(len(seqs), batches)
     with progress(bar, int(owned.sum()), "quality(generate)", "judgement", shard.is_main) as bar:
         for batch in batches:
             ids, mask = pad_batch([seqs[i] for i in batch], tokenizer.pad_token_id, "left")
+            if temperature > 0:
+                torch.manual_seed(seed + int(batch[0]))
             out = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
+                **sampling,
             )
             for row, i in enumerate(batch):
                 answers[i] = tokenizer.decode(out[row, ids.shape[1] :], skip_special_tokens=True)

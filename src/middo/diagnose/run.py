@@ -68,7 +68,15 @@ def _judge(mode: str, lm, records, cfg, shard) -> QualityResult:
         part = records[w.start : w.stop]
         if mode == "logits":
             res = judge_logits(
-                lm.model, lm.tokenizer, part, lm.device, cfg.max_tokens, q.max_chars, shard=shard, bar=bar
+                lm.model,
+                lm.tokenizer,
+                part,
+                lm.device,
+                cfg.max_tokens,
+                q.max_chars,
+                shard=shard,
+                bar=bar,
+                cutoff=q.cutoff,
             )
         else:
             res = judge_generate(
@@ -81,6 +89,11 @@ def _judge(mode: str, lm, records, cfg, shard) -> QualityResult:
                 q.max_chars,
                 shard=shard,
                 bar=bar,
+                temperature=q.temperature,
+                top_p=q.top_p,
+                top_k=q.top_k,
+                cutoff=q.cutoff,
+                seed=w.start * len(JUDGEMENTS),  # the first judgement's index in the whole dataset
             )[0]
         for k, v in res.status_counts.items():
             counts[k] = counts.get(k, 0) + v
