@@ -5,7 +5,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup sandbox demo test test-fast lint clean-venv lock
+.PHONY: setup sandbox demo test test-fast lint clean-venv lock mutate
 
 setup: $(VENV)/.middo-installed sandbox
 
@@ -60,6 +60,27 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
+
+# Mutation check of the method's rules (docs/testing.md), not part of `make test` or CI. mutmut builds mutants in
+# mutants/ (never in src/) and runs the fast unit tests listed in pyproject.toml [tool.mutmut]; nothing is downloaded.
+# One module at a time, each capped at MUTATE_TIMEOUT seconds; then the score per module and every surviving mutant.
+# A subset: `make mutate MUTATE_MODULES=refine.merge` reruns every mutant of that module and keeps the other modules'
+# last results (rm -rf mutants for a fresh start). Read one mutant: `.venv/bin/mutmut show NAME`.
+MUTATE_MODULES ?= diagnose.thresholds diagnose.diversity diagnose.quality refine.merge refine.validate evaluate.stats
+MUTATE_JOBS ?= 2
+MUTATE_TIMEOUT ?= 1800
+mutate: export MIDDO_TEST_MODEL ?= $(abspath .cache/models/smollm2-135m-instruct)
+mutate: setup
+	mkdir -p mutants && rm -f mutants/mutmut-stats.json  # which test calls which function: collected afresh
+	for m in $(MUTATE_MODULES); do \
+	  echo "make mutate: middo.$$m (log: mutants/run-$$m.log)"; \
+	  timeout $(MUTATE_TIMEOUT) $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) "middo.$$m.*" \
+	    > mutants/run-$$m.log 2>&1 || echo "make mutate: middo.$$m stopped with exit $$? (timeout: 124)"; \
+	done
+	@echo "mutants per module and status:"
+	@$(VENV)/bin/mutmut results --all true | sed -E 's/^ *(.*)\.[^.]*: (.*)$$/\1: \2/' | sort | uniq -c
+	@echo "not killed (docs/testing.md says why each survives):"
+	@$(VENV)/bin/mutmut results | grep -v ": not checked$$" || true
 
 lint: setup
 	$(VENV)/bin/ruff check src tests stages bench && $(VENV)/bin/ruff format --check src tests stages bench

@@ -1,4 +1,9 @@
-"""Sharding: the plan split, and a real 2-process torchrun (gloo, CPU) against one process on the same inputs."""
+"""Sharding: the plan split, and a real 2-process torchrun (gloo, CPU) against one process on the same inputs.
+
+Equal outputs alone do not show that the work was split (two processes that each did everything write the same files),
+so every run also writes the per-rank reports (``MIDDO_RANK_REPORT``), and the tests hold the two ranks' shares to
+being non-empty, disjoint and together everything, phase by phase.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ import yaml
 from tiny_models import tiny_model
 
 from middo.dataio import write_jsonl
-from middo.distributed import Shard, owned_mask
+from middo.distributed import RANK_REPORT_ENV, Shard, owned_mask
+from middo.evaluate.suite import SUITES
 from middo.records import Record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +68,7 @@ def _params(tmp_path: Path, processes: int = 1, mode: str = "generate") -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["base"]["processes"] = processes
     raw["base"].update(device="cpu", dtype="float32")
-    raw["diagnose"]["max_tokens"] = 256  # several batches, so both ranks get work
+    raw["diagnose"]["max_tokens"] = 64  # a batch or two per sample, so both ranks get work in every phase
     raw["diagnose"]["quality"].update(mode=mode, max_new_tokens=3)
     raw["eval"].update(suites=["gsm8k", "hellaswag"], limit=3, max_new_tokens=12)
     path = tmp_path / f"params{processes}_{mode}.yaml"
@@ -70,9 +76,10 @@ def _params(tmp_path: Path, processes: int = 1, mode: str = "generate") -> Path:
     return path
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
+def _run(cmd: list[str], cwd: Path, reports: Path) -> None:
     # one thread per process in both runs: the same matmul kernels, so the scores can be compared bit for bit
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env[RANK_REPORT_ENV] = str(reports)  # each process writes the ids it computed there
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -84,6 +91,39 @@ def _middo(nproc: int, stage: str, *args: str) -> list[str]:
         return [sys.executable, script, *args]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     return [*launcher, script, *args]
+
+
+DIAGNOSE_PHASES = ("loss(base)", "loss(current)", "embed")  # then the judge's phase, quality(<mode>)
+
+
+def _assert_split(reports: Path, stage: str, everything: dict[str, list[str]]) -> None:
+    """The two ranks' reports: each did part of every phase, no unit twice, together exactly ``everything``.
+
+    Args:
+        reports: the ``MIDDO_RANK_REPORT`` folder of a two-process run.
+        stage: the reports' stem.
+        everything: phase -> every unit key once (the one-process run's, or the items themselves).
+    """
+    docs = [json.loads(p.read_text()) for p in sorted(reports.glob(f"{stage}.rank*.json"))]
+    assert [(d["rank"], d["world"]) for d in docs] == [(0, 2), (1, 2)], f"{stage}: one report per rank of two"
+    assert [set(d["computed"]) for d in docs] == [set(everything)] * 2, f"{stage}: every phase reported by both"
+    for phase, units in everything.items():
+        a, b = (d["computed"][phase] for d in docs)
+        assert a and b, f"{stage} {phase}: a rank did nothing ({len(a)} vs {len(b)} units)"
+        assert not set(a) & set(b), f"{stage} {phase}: computed by both ranks: {sorted(set(a) & set(b))}"
+        assert sorted(a + b) == sorted(units), f"{stage} {phase}: the shares are not every unit once"
+
+
+def _one_process_units(reports: Path, stage: str, ids: list[str], phases: list[str]) -> dict[str, list[str]]:
+    """The one-process run's units per phase, checked against the samples: each sample's parts exactly once."""
+    docs = [json.loads(p.read_text()) for p in reports.glob(f"{stage}.rank*.json")]
+    assert len(docs) == 1, f"{stage}: {len(docs)} rank reports from one process"
+    doc = docs[0]
+    assert doc["world"] == 1 and sorted(doc["computed"]) == sorted(phases), f"{stage}: {sorted(doc['computed'])}"
+    for phase, units in doc["computed"].items():
+        assert len(units) == len(set(units)) and len(units) % len(ids) == 0, phase
+        assert {u.split("#")[0] for u in units} == set(ids), phase
+    return doc["computed"]
 
 
 @pytest.mark.slow
@@ -107,6 +147,7 @@ def test_torchrun_two_processes_match_one(base_model_dir, tmp_path):
                 f"--params={_params(tmp_path, nproc)}",
             ),
             tmp_path,
+            out / "ranks",
         )
         _run(
             _middo(
@@ -118,6 +159,7 @@ def test_torchrun_two_processes_match_one(base_model_dir, tmp_path):
                 f"--params={_params(tmp_path)}",
             ),
             tmp_path,
+            out / "ranks",
         )
         outs[nproc] = out
 
@@ -130,6 +172,14 @@ def test_torchrun_two_processes_match_one(base_model_dir, tmp_path):
     assert (outs[1] / "eval.json").read_bytes() == (outs[2] / "eval.json").read_bytes()
     assert (outs[1] / "eval_details.jsonl").read_bytes() == (outs[2] / "eval_details.jsonl").read_bytes()
     assert json.loads((outs[2] / "eval.json").read_text())["n"] == {"gsm8k": 3, "hellaswag": 3}
+
+    # and the two processes split the work: every sample (or judgement) and every item computed once, by one rank
+    ids = [r.id for r in SAMPLES]
+    phases = [*DIAGNOSE_PHASES, "quality(generate)"]
+    _assert_split(outs[2] / "ranks", "diagnose", _one_process_units(outs[1] / "ranks", "diagnose", ids, phases))
+    seed = yaml.safe_load((ROOT / "params.yaml").read_text())["base"]["seed"]
+    items = {name: [str(item["id"]) for item in SUITES[name].load(3, seed)] for name in ("gsm8k", "hellaswag")}
+    _assert_split(outs[2] / "ranks", "evaluate", items)
 
 
 @pytest.mark.slow
@@ -157,6 +207,7 @@ def test_torchrun_logits_judge_two_processes_match_one(base_model_dir, tmp_path)
                 f"--params={_params(tmp_path, nproc, mode='logits')}",
             ),
             tmp_path,
+            out / "ranks",
         )
     one, two = (pl.read_parquet(outs[n] / "diagnosis" / "scores.parquet") for n in (1, 2))
     assert one["id"].to_list() == [r.id for r in SAMPLES]
@@ -165,6 +216,10 @@ def test_torchrun_logits_judge_two_processes_match_one(base_model_dir, tmp_path)
     summary = json.loads((outs[2] / "diagnose.json").read_text())
     assert summary["diagnose"]["quality"]["mode"] == "logits"
     assert summary == json.loads((outs[1] / "diagnose.json").read_text())
+    ids = [r.id for r in SAMPLES]
+    judged = _one_process_units(outs[1] / "ranks", "diagnose", ids, [*DIAGNOSE_PHASES, "quality(logits)"])
+    assert len(judged["quality(logits)"]) > len(ids)  # the unit is part of a sample (one side's judgements)
+    _assert_split(outs[2] / "ranks", "diagnose", judged)
 
 
 ATOMIC_DIR_SCRIPT = """
