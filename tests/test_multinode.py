@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from server_fixtures import free_port
 from tiny_models import tiny_model
 
 from middo.dataio import write_jsonl
@@ -54,12 +54,6 @@ rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=$?; done
 exit $rc
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _params(tmp_path: Path, processes: int) -> Path:
@@ -152,7 +146,7 @@ def test_two_nodes_diagnose_like_one_process(base_model_dir, tmp_path):
         if nodes == 1:
             _check([_launch([sys.executable, *args], env)])
         else:
-            port = str(_free_port())
+            port = str(free_port())
             node = ["--nnodes=2", "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}"]
             _check([_launch([*TORCHRUN, *node, f"--node-rank={i}", *args], env) for i in (0, 1)])
 
@@ -181,7 +175,7 @@ def test_two_nodes_evaluate_through_the_launcher(base_model_dir, tmp_path):
         out = outs[nodes] = tmp_path / f"nodes{nodes}"
         cmd = [sys.executable, str(ROOT / "stages" / "evaluate.py"), "--round=1", f"--model={model}"]
         cmd += [f"--out={out / 'eval.json'}", f"--params={_params(tmp_path, 1)}"]
-        launcher = {"MIDDO_LAUNCHER": f"bash {srun} {_free_port()}"} if nodes == 2 else {}
+        launcher = {"MIDDO_LAUNCHER": f"bash {srun} {free_port()}"} if nodes == 2 else {}
         _check([_launch(cmd, _env(out / "ranks", **launcher))])
 
     assert (outs[1] / "eval.json").read_bytes() == (outs[2] / "eval.json").read_bytes()
