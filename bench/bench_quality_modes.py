@@ -75,7 +75,7 @@ def main() -> None:
             p.model.trust_remote_code,
             max_length=p.train.max_length,
         )
-        env = json.loads((tmp / "diagnose.json").read_text())["env"]
+        env = json.loads((tmp / "env" / "diagnose.json").read_text())  # the stage's env record (provenance.env_path)
     q, seconds = summary["quality"], summary["quality_seconds"]
     n = summary["n"]
     statuses = {q["mode"]: q["status"], ("generate" if q["mode"] == "logits" else "logits"): q["other_mode_status"]}

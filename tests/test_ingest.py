@@ -25,10 +25,11 @@ def test_seed_imports_cleanly_with_counts(tmp_path):
     assert {r.meta.get("category") for r in out} >= {"normal", "hard", "sloppy", "near_duplicate", "rare"}
     assert all(r.round == 0 and r.op == "seed" for r in out)
     saved = json.loads((tmp_path / "import.json").read_text())
-    assert saved["import"] == counts
-    # provenance: versions only (no model runs here), the same on every run of this environment
-    assert set(saved["env"]) == {"python", *PACKAGES, "device", "dtype"}
-    assert saved["env"]["device"] == saved["env"]["dtype"] == "n/a"
+    assert saved == {"import": counts}
+    # provenance beside the metrics: versions only (no model runs here), the same on every run of this environment
+    env = json.loads((tmp_path / "env" / "import.json").read_text())
+    assert set(env) == {"python", *PACKAGES, "device", "dtype", "cpu"}
+    assert env["device"] == env["dtype"] == "n/a"
 
 
 def test_limit_and_rejects_add_up(tmp_path):

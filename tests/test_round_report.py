@@ -35,24 +35,21 @@ def _metrics(m: Path) -> None:
     )
     _write(m / "round_1/eval.json", acc)
     threshold = {"mean": 0.9, "std": 0.05, "m": 1.0, "value": 0.85, "direction": "below"}
-    _write(
-        m / "round_1/diagnose.json", {"diagnose": {"flagged": {"diversity": 2}, "thresholds": {"knn_sim": threshold}}}
-    )
+    # the metrics files hold numbers only; the whole records are in the stages' folders (what the page reads)
+    _write(m / "round_1/diagnose.json", {"diagnose": {"flagged": {"diversity": 2}, "threshold": {"knn_sim": 0.85}}})
+    _write(m / "round_1/diagnosis/summary.json", {"flagged": {"diversity": 2}, "thresholds": {"knn_sim": threshold}})
     per_axis = {"diversity": {"flagged": 2, "asked": 2, "added": 1, "unusable": 1, "duplicate": 0}}
+    sizes = {"size_before": 9, "size_after": 10, "removed": 0, "added": 1}
+    _write(m / "round_1/refine.json", {"refine": sizes})
     _write(
-        m / "round_1/refine.json",
+        m / "round_1/refine/summary.json",
         {
-            "refine": {
-                "size_before": 9,
-                "size_after": 10,
-                "removed": 0,
-                "added": 1,
-                "merge": "reference",
-                "selection": "model",
-                "per_axis": per_axis,
-                "reply_status": {"ok": 1, "rejected": 1},
-                "rejected": {"instruction too short": 1},
-            }
+            **sizes,
+            "merge": "reference",
+            "selection": "model",
+            "per_axis": per_axis,
+            "reply_status": {"ok": 1, "rejected": 1},
+            "rejected": {"instruction too short": 1},
         },
     )
     before = {"id": "s3", "instruction": "Name a rare bird.", "input": "", "output": "The kakapo."}
@@ -112,3 +109,15 @@ def test_one_page_per_round_with_its_images(tmp_path):
     assert "| gsm8k | 0.500 | 0.15–0.85 | 4 |" in page
     assert "Against round 0: average +0.000 (95% -0.25 to +0.25), **within noise**" in page
     assert not (tmp_path / "reports/rounds/round_0").exists()  # round 0 has no diagnosis images
+
+
+def test_a_run_from_before_the_records_moved_reads_them_from_its_metrics_files(tmp_path):
+    m = tmp_path / "metrics"
+    _metrics(m)
+    for stage, folder in (("diagnose", "diagnosis"), ("refine", "refine")):
+        whole = json.loads((m / f"round_1/{folder}/summary.json").read_text())
+        (m / f"round_1/{folder}/summary.json").unlink()
+        _write(m / f"round_1/{stage}.json", {stage: whole})
+    page = write_round_reports(m, {"1": 0}, [], tmp_path / "reports/rounds")[1].read_text()
+    assert "| knn_sim | 0.900 | 0.050 | 1.0 | 0.850 | below | 2 (diversity) |" in page
+    assert "| diversity | 2 | 2 | 1 | 1 | 0 |" in page

@@ -40,8 +40,14 @@ def test_response_only_masking_token_by_token(base_model_dir, tmp_path):
     )
     tok = trainer.processing_class
     batch = next(iter(trainer.get_train_dataloader()))
+    samples = []  # padding-free: one row, each sample's positions restarting at 0; padded: one sample per row
+    positions = batch.get("position_ids", torch.zeros_like(batch["input_ids"][:, :1]))
     for row in range(batch["input_ids"].shape[0]):
-        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        ends = (positions[row] == 0).nonzero().flatten().tolist()[1:] + [batch["input_ids"].shape[1]]
+        starts = [0, *ends[:-1]]
+        samples += [(batch["input_ids"][row, a:b], batch["labels"][row, a:b]) for a, b in zip(starts, ends)]
+    assert len(samples) == len(RECORDS)
+    for ids, labels in samples:
         scored = labels != -100
         assert torch.equal(labels[scored], ids[scored])  # labels are the tokens themselves where scored
         text = tok.decode(ids[scored])
@@ -53,6 +59,29 @@ def test_response_only_masking_token_by_token(base_model_dir, tmp_path):
     # params say no gradient checkpointing, so none (TRL's own default is on: activations recomputed unasked)
     assert not trainer.args.activation_checkpointing
     assert not trainer.model.is_activation_checkpointing
+
+
+@pytest.mark.slow
+def test_padding_free_batches_train_on_the_padded_batches_tokens_with_the_same_loss(base_model_dir, tmp_path):
+    """A padding-free batch (one row, position ids restarting per sample) computes no padding token and gives the
+    padded batch's loss and gradients: attention does not cross from one sample into the next."""
+    model = tiny_model(base_model_dir, tmp_path / "tiny")
+    losses, grads, shapes = {}, {}, {}
+    for padding_free in (False, True):
+        cfg = replace(TINY, padding_free=padding_free)
+        trainer = build_trainer(RECORDS, model, tmp_path / f"pf{padding_free}", cfg, 42, "cpu", "float32", False)
+        batch = next(iter(trainer.get_train_dataloader()))
+        shapes[padding_free] = tuple(batch["input_ids"].shape)
+        trainer.model.zero_grad()
+        loss = trainer.model(**batch).loss
+        loss.backward()
+        losses[padding_free] = float(loss.detach())
+        grads[padding_free] = torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
+    lengths = [len(row) for row in trainer.train_dataset["input_ids"]]
+    assert shapes[True] == (1, sum(lengths)) and shapes[False] == (len(RECORDS), max(lengths))
+    assert sum(lengths) < len(RECORDS) * max(lengths)  # the padded batch computed padding
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+    assert torch.allclose(grads[True], grads[False], atol=1e-5)
 
 
 @pytest.mark.slow
@@ -84,9 +113,9 @@ def test_training_reduces_loss_and_checkpoint_generates(base_model_dir, tmp_path
     assert "seconds" not in saved  # the checkpoint folder must hash the same on every identical run
     saved_metrics = json.loads(metrics_path.read_text())
     timing = saved_metrics["train"]
-    assert timing["seconds"] > 0 and timing["steps"] == 6
-    env = saved_metrics["env"]
-    assert set(env) == {"python", *PACKAGES, "device", "dtype"}
+    assert list(saved_metrics) == ["train"] and timing["seconds"] > 0 and timing["steps"] == 6
+    env = json.loads((metrics_path.parent / "env" / metrics_path.name).read_text())
+    assert set(env) == {"python", *PACKAGES, "device", "dtype", "cpu"}
     assert (env["device"], env["dtype"]) == ("cpu", "float32")
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # temp dir cleaned up
 

@@ -1,5 +1,6 @@
 """The ``middo`` command: tools around the pipeline (validate and apply params, compare dataset versions, tell a
-real accuracy change from noise, check a run against the committed ``dvc.lock``).
+real accuracy change from noise, check a run against the committed ``dvc.lock``, plan a refine round's teacher
+requests and cost before paying for them).
 
 The pipeline's steps are the ``stages/*.py`` scripts that ``dvc.yaml`` runs; run one by hand with the same command
 line (``python stages/train.py --help``), or ``dvc repro STAGE``.
@@ -58,6 +59,38 @@ def _params_apply(args: argparse.Namespace) -> None:
 
     changed = apply_preset(args.params, args.preset)
     print(f"{args.params}: {len(changed)} value(s) from {args.preset}: {', '.join(changed) or 'none'}")
+
+
+def _plan(args: argparse.Namespace) -> None:
+    import json
+
+    from middo.config import load_params
+    from middo.dataio.atomic import atomic_write_text
+    from middo.refine.plan import render_plan
+    from middo.refine.run import plan_for, read_round
+
+    p = load_params(args.params)
+    key = str(args.round)
+    if key not in p.rounds:
+        raise MiddoError(f"round {args.round}: not in {args.params} rounds ({', '.join(p.rounds) or 'none'})")
+    data = args.data or f"data/round_{p.rounds[key]}/train.jsonl"  # dvc.yaml's refine stage paths
+    diagnosis = args.diagnosis or f"metrics/round_{key}/diagnosis"
+    r = p.refine
+    inputs = read_round(data, diagnosis, r.selection, p.base.seed, args.round)
+    plan = plan_for(
+        inputs,
+        r.teacher,
+        p.base.seed,
+        p.base.device,
+        p.base.dtype,
+        args.round,
+        merge=r.merge,
+        precedence=r.precedence,
+        max_added_fraction=r.max_added_fraction,
+    )
+    print(render_plan(plan), end="")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(plan, indent=2) + "\n")
 
 
 def _verify_lock(args: argparse.Namespace) -> None:
@@ -121,7 +154,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--params", default="params.yaml", help="params file to update (default: params.yaml)")
     q.set_defaults(func=_params_apply)
 
-    p = sub.add_parser("verify-lock", help="did this workspace's run reproduce the committed dvc.lock, per output?")
+    p = sub.add_parser(
+        "plan",
+        help="what refine will send the teacher for a round, and its cost, before anything is sent",
+        description="Read the round's data and diagnosis and the teacher cache, and print per operation the "
+        "requests refine will send, how many are cached, estimated prompt tokens (the real prompts, tokenized) and "
+        "completion tokens (the cache's history, else max_new_tokens), and the cost at refine.teacher.price. "
+        "No request is sent and no model is loaded (only a tokenizer).",
+    )
+    p.add_argument("round", type=int, help="the round to plan (a key of rounds in params.yaml)")
+    p.add_argument("--data", help="the data it refines (default: data/round_P/train.jsonl, P its parent round)")
+    p.add_argument("--diagnosis", help="its diagnosis folder (default: metrics/round_R/diagnosis)")
+    p.add_argument("--json", metavar="OUT", help="also write the plan as JSON to OUT")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser(
+        "verify-lock",
+        help="did this run reproduce the committed one? names the first stage that differs and why",
+        description="Compare the workspace dvc.lock and env records (metrics/round_R/env/) with those committed at "
+        "--rev, stage by stage in pipeline order. Verdict: reproduced (exit 0); differs only where the machine "
+        "differs (device, dtype, CPU flags; exit 0); NOT reproduced (an input, a library version, or nothing "
+        "explains it; exit 1).",
+    )
     p.add_argument("--rev", default="HEAD", help="git revision holding the reference dvc.lock (default: HEAD)")
     p.add_argument("--repo", default=".")
     p.set_defaults(func=_verify_lock)

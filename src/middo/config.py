@@ -154,6 +154,11 @@ class TrainConfig:
     grad_accum: int = knob(1, "Gradient accumulation steps (effective batch = batch_size * grad_accum * GPUs).", ge=1)
     max_length: int = knob(4096, "Cutoff length in tokens (the paper's).", ge=16)
     packing: bool = knob(False, "Pack samples into max_length blocks (TRL packing).")
+    padding_free: bool = knob(
+        False,
+        "Each batch's samples go to the model as one row with position ids, no padding (TRL's padding_free; "
+        "attention stays within each sample). false: right-padded rows (docs/benchmarks.md: on CPU not faster yet).",
+    )
     gradient_checkpointing: bool = knob(False, "Trade compute for memory.")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = knob("sdpa", "Attention kernel.")
     liger: bool = knob(False, "Use Liger kernels (CUDA + liger-kernel).")
@@ -173,6 +178,12 @@ class VllmEngineConfig:
     tensor_parallel_size: int = knob(1, "vllm backend: GPUs the teacher is split over.", ge=1)
     max_model_len: int = knob(0, "vllm backend: context length (0 = the model's own).", ge=0)
     gpu_memory_utilization: float = knob(0.9, "vllm backend: fraction of GPU memory vLLM may take.", gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class PriceConfig:
+    input: float = knob(0.0, "Dollars per million prompt tokens (0 with output 0: unpriced, tokens only).", ge=0)
+    output: float = knob(0.0, "Dollars per million completion tokens.", ge=0)
 
 
 @dataclass(frozen=True)
@@ -222,6 +233,29 @@ class TeacherConfig:
         "Served teacher's weights version (openai backend): bump it when the server's model changes under the same "
         "name, so cached replies of the old weights are not replayed. Local models are keyed by their file content.",
     )
+    price: PriceConfig = field(default_factory=PriceConfig)
+    max_cost: float | None = knob(
+        None,
+        "Dollars a round may spend on its teacher (null: no limit; needs price): refine refuses to start when its "
+        "plan's estimate is over, and stops (writing nothing, replies kept in the cache) when the cost reaches it.",
+        ge=0,
+    )
+    tokenizer: str = knob(
+        "models/base",
+        "Local tokenizer folder that counts a served (openai) teacher's prompt tokens for `middo plan` and max_cost, "
+        "scaled by the server's own counts in the cache; local teachers count with their own.",
+    )
+    mode: Literal["online", "batch"] = knob(
+        "online",
+        "openai backend: online sends each request as it goes; batch sends them through the OpenAI Batch API (half "
+        "the price, up to 24 h): the stage submits, exits non-zero, and a later `dvc repro` collects the replies.",
+    )
+
+    def __post_init__(self):
+        if self.max_cost is not None and not (self.price.input or self.price.output):
+            raise ValueError("max_cost: a budget needs refine.teacher.price (input/output $ per million tokens)")
+        if self.mode == "batch" and self.backend != "openai":
+            raise ValueError(f"mode: 'batch' (the OpenAI Batch API) needs backend 'openai', got {self.backend!r}")
 
 
 @dataclass(frozen=True)

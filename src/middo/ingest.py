@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from middo.dataio import read_dataset, write_jsonl
-from middo.dataio.atomic import atomic_write_text
 from middo.dataio.llamafactory import (
     DATASET_INFO,
     find_dataset_info,
@@ -19,7 +17,7 @@ from middo.dataio.llamafactory import (
 )
 from middo.dataio.readers import ReadResult, Reject
 from middo.errors import MiddoError
-from middo.provenance import environment
+from middo.provenance import environment, write_metrics
 
 TOP_REASONS = 3  # rejection reasons named in the error when nothing is kept
 
@@ -64,8 +62,8 @@ def import_dataset(
     read (may be empty when there is one), whose file, formatting and column names come from the entry.
     ``out_dir`` also gets a ``dataset_info.json`` naming ``train.jsonl`` as ``middo_round_0``, so LLaMA-Factory can
     train on the folder as is. Records past ``limit`` (0: no limit) are not rejects: they are counted as
-    ``over_limit`` so ``total`` still adds up. ``metrics_path`` holds ``{"import": counts, "env": versions}``;
-    ``counts`` also has ``rejects_by_reason``.
+    ``over_limit`` so ``total`` still adds up. ``metrics_path`` holds ``{"import": counts}`` (``counts`` also has
+    ``rejects_by_reason``), its ``env/`` neighbour the versions (:func:`middo.provenance.write_metrics`).
 
     Raises:
         DatasetError: the file cannot be read as a dataset at all, or the entry cannot be used (see
@@ -93,8 +91,7 @@ def import_dataset(
         raise AssertionError(f"{source}: counts do not add up: {counts}")
     counts["rejects_by_reason"] = rejects_by_reason(result.rejects)
     Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-    metrics = {"import": counts, "env": environment(device="n/a", dtype="n/a")}
-    atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    write_metrics(metrics_path, {"import": counts}, environment(device="n/a", dtype="n/a"))
     return counts
 
 

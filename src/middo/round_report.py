@@ -64,6 +64,38 @@ def _examples(changes: list[dict], n: int) -> list[str]:
     return lines
 
 
+def usage_lines(usage: Mapping, axis_of: Mapping[str, str] | None = None) -> list[str]:
+    """A Markdown table of a round's teacher usage (:func:`middo.teachers.usage.usage_report`: one row per operation
+    and step, then the total), for this page and refine's own report; replies another round paid for are counted
+    under ``cached`` and cost nothing here."""
+    axis_of = axis_of or {}
+    priced = usage.get("price") is not None
+    head = "| operation | step | replies | cached (free) | failed | prompt tokens | completion tokens |"
+    lines = [head + (" cost $ |" if priced else ""), "|" + " --- |" * (7 + priced)]
+    rows = [
+        (f"{op} ({axis_of[op]})" if op in axis_of else op, step, b)
+        for op, steps in usage.get("operations", {}).items()
+        for step, b in steps.items()
+        if step != "total"
+    ]
+    for name, step, b in [*rows, ("**total**", "", usage["total"])]:
+        lines.append(
+            f"| {name} | {step} | {b['requests']} | {b['cached']} | {b['failed']} | {b['prompt_tokens']} | "
+            f"{b['completion_tokens']} |" + (f" {b['cost']:.4f} |" if priced else "")
+        )
+    total = usage["total"]
+    notes = []
+    if priced:
+        p = usage["price"]
+        notes.append(
+            f"Priced at ${p['input']}/${p['output']} per million prompt/completion tokens; the cached replies would "
+            f"have cost ${total['cached_cost']:.4f}."
+        )
+    if total["unknown_usage"]:
+        notes.append(f"{total['unknown_usage']} cached replies predate usage records: counted as 0 tokens.")
+    return lines + ([""] + notes if notes else [])
+
+
 def _accuracy(ev: dict, noise: dict | None) -> list[str]:
     if not ev:
         return ["No evaluation for this round yet."]
@@ -104,8 +136,9 @@ def round_page(metrics_dir: Path, round_: int, parent: int | None, noise: dict |
         if imp.get("rejects_by_reason"):
             lines += ["", *(f"- {k}: {v}" for k, v in imp["rejects_by_reason"].items())]
     else:
-        diag = _json(d / "diagnose.json", "diagnose")
-        ref = _json(d / "refine.json", "refine")
+        # the whole records live in the stages' folders; runs older than that kept them in the metrics files
+        diag = _json(d / "diagnosis" / "summary.json") or _json(d / "diagnose.json", "diagnose")
+        ref = _json(d / "refine" / "summary.json") or _json(d / "refine.json", "refine")
         lines += [
             f"Refines round {parent}: {ref.get('size_before', '?')} → {ref.get('size_after', '?')} samples "
             f"({ref.get('removed', 0)} replaced by rewrites, {ref.get('added', 0)} new); selection "
@@ -153,6 +186,8 @@ def round_page(metrics_dir: Path, round_: int, parent: int | None, noise: dict |
             )
             + ".",
         ]
+        if ref.get("teacher_usage"):
+            lines += ["", "### Teacher usage", "", *usage_lines(ref["teacher_usage"], {v: k for k, v in OPS.items()})]
         changes_path = d / "refine" / "changes.jsonl"
         if changes_path.is_file():
             changes = [json.loads(x) for x in changes_path.read_text(encoding="utf-8").splitlines() if x.strip()]

@@ -8,7 +8,6 @@ The noise verdicts pair each round R with the round P it refines (params ``round
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from middo.dataio.atomic import atomic_write_bytes, atomic_write_text
 from middo.errors import MiddoError
 from middo.evaluate.compare import DETAILS, compare_results, parse_details
 from middo.evaluate.stats import intervals
+from middo.plots import figure_png
 
 
 def _read(path: Path, key: str | None = None) -> dict | None:
@@ -163,38 +163,32 @@ def plot_rows(summary: dict) -> dict[str, list[dict]]:
 
 
 def _png(rows: list[dict], x: str, y: str, group: str | None, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    """One line (with its 95% interval bars when the rows carry ``low``/``high``) per ``group`` value, as PNG bytes."""
     groups = sorted({r[group] for r in rows}) if group else [None]
     bars = any("low" in r for r in rows)
-    for i, g in enumerate(groups):
-        pts = sorted(
-            (r[x], r[y], r.get("low", r[y]), r.get("high", r[y])) for r in rows if group is None or r[group] == g
-        )
-        shift = (i - (len(groups) - 1) / 2) * 0.25 / max(len(groups), 1) if bars else 0.0  # keep bars apart
-        xs, ys = [p[0] + shift for p in pts], [p[1] for p in pts]
-        width = 2.5 if g == "average" else 1.2
-        if bars:  # the 95% interval; a line per suite still joins the points
-            err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", label=g, linewidth=width, capsize=2, elinewidth=0.8)
-        else:
-            ax.plot(xs, ys, marker="o", label=g, linewidth=width)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(title)
-    if x == "round":
-        ax.set_xticks(sorted({r[x] for r in rows}))
-    if group:  # beside the axes: error bars reach the corners where a legend inside would sit
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+
+    def draw(ax) -> None:
+        for i, g in enumerate(groups):
+            pts = sorted(
+                (r[x], r[y], r.get("low", r[y]), r.get("high", r[y])) for r in rows if group is None or r[group] == g
+            )
+            shift = (i - (len(groups) - 1) / 2) * 0.25 / max(len(groups), 1) if bars else 0.0  # keep bars apart
+            xs, ys = [p[0] + shift for p in pts], [p[1] for p in pts]
+            width = 2.5 if g == "average" else 1.2
+            if bars:  # the 95% interval; a line per suite still joins the points
+                err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", label=g, linewidth=width, capsize=2, elinewidth=0.8)
+            else:
+                ax.plot(xs, ys, marker="o", label=g, linewidth=width)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(title)
+        if x == "round":
+            ax.set_xticks(sorted({r[x] for r in rows}))
+        if group:  # beside the axes: error bars reach the corners where a legend inside would sit
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+    return figure_png(draw, size=(7, 3.5))
 
 
 def summarize(

@@ -31,7 +31,7 @@ from middo.distributed import Shard, atomic_dir_on_main, from_env, local_device,
 from middo.errors import MiddoError
 from middo.modeling import load_tokenizer, merged_adapter_model, record_adapter_base
 from middo.optional import require
-from middo.provenance import device_name, environment
+from middo.provenance import device_name, environment, write_metrics
 from middo.records import Record
 
 
@@ -126,6 +126,10 @@ def build_trainer(
             target_modules="all-linear",
             task_type="CAUSAL_LM",
         )
+    # padding-free: a batch is one row, each sample's positions restarting at 0, so no padding token is computed
+    # and attention stays inside each sample (transformers builds the block mask from the position ids). The rows are
+    # already cut to max_length by training_rows, which TRL asks for by max_length=None. Packing is padding-free too.
+    padding_free = cfg.padding_free and not cfg.packing
     args = SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
@@ -136,8 +140,9 @@ def build_trainer(
         weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
-        max_length=cfg.max_length,
+        max_length=None if padding_free else cfg.max_length,
         packing=cfg.packing,
+        padding_free=padding_free,
         completion_only_loss=True,
         use_liger_kernel=cfg.liger,
         deepspeed=cfg.deepspeed or None,
@@ -292,8 +297,8 @@ def train_sft(
 
     The checkpoint folder holds only what is the same on every identical run (weights, losses, counts), so two
     clean ``dvc repro`` runs give the same hash; wall time and throughput go to ``metrics_path`` (a DVC metric),
-    as ``{"train": scalars, "env": versions, device and dtype used}``. With ``lora.merge: false`` the folder holds
-    the adapter instead of a full model (:func:`middo.modeling.load_model` loads either).
+    as ``{"train": scalars}``, the versions, device and dtype used to its env record. With ``lora.merge: false`` the
+    folder holds the adapter instead of a full model (:func:`middo.modeling.load_model` loads either).
 
     Args:
         data_path: the file ``records`` came from; only named in errors.
@@ -357,5 +362,5 @@ def train_sft(
             atomic_write_text(target / "train_metrics.json", json.dumps(kept, indent=2) + "\n")
     if metrics_path is not None:
         scalars = {k: v for k, v in metrics.items() if k != "loss_history"}
-        atomic_write_text(metrics_path, json.dumps({"train": scalars, "env": env}, indent=2) + "\n")
+        write_metrics(metrics_path, {"train": scalars}, env)
     return metrics

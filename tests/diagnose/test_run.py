@@ -66,13 +66,17 @@ def test_round_outputs(base_model_dir, tmp_path):
     assert [r["id"] for r in mapped] == [r.id for r in SAMPLES]
     assert [r["sparse"] for r in mapped] == table["flag_diversity"].to_list()
     assert mapped[0]["x"] == pytest.approx(mapped[1]["x"], abs=1e-3)  # exact duplicates share a point
-    saved = json.loads((tmp_path / "diagnose.json").read_text())["diagnose"]
+    saved = json.loads((out / "summary.json").read_text())  # the whole record, in the diagnosis folder
     assert saved["n"] == len(SAMPLES)
     assert set(saved["quality"]["agreement"]) == {"n", "within_tolerance", "pearson", "spearman"}
     assert saved["unscored"]["quality"] == 0
+    # the DVC metric: its numbers only, each threshold's value
+    metric = json.loads((tmp_path / "diagnose.json").read_text())
+    threshold = {name: t["value"] for name, t in saved["thresholds"].items()}
+    assert metric == {"diagnose": {k: saved[k] for k in ("n", "flagged", "unscored")} | {"threshold": threshold}}
     assert set(summary["quality_seconds"]) == {"logits", "generate"}
-    env = json.loads((tmp_path / "diagnose.json").read_text())["env"]
-    assert set(env) == {"python", *PACKAGES, "device", "dtype"}
+    env = json.loads((tmp_path / "env" / "diagnose.json").read_text())
+    assert set(env) == {"python", *PACKAGES, "device", "dtype", "cpu"}
     assert env["device"] == "cpu" and env["dtype"] in ("float32", "bfloat16")  # what 'auto' resolved to
 
     # the configured judge (logits) wrote the table and the other (generate) the comparison: each equals a direct call

@@ -147,11 +147,12 @@ def test_end_to_end_offline_and_deterministic(tiny_checkpoint, tmp_path, no_netw
 
     first = run(tmp_path / "a" / "eval.json")
     written = json.loads((tmp_path / "a" / "eval.json").read_text())
-    assert written == json.loads(json.dumps(first))
-    assert written["backend"] == "lm-eval"
-    assert written["metric"] == {"middo_gsm8k_local": "exact_match,none", "middo_mmlu_local": "acc,none"}
-    assert written["env"]["device"] == "cpu" and written["env"]["dtype"] == "float32"
-    assert written["env"]["lm_eval_model"] == "hf"
+    env = json.loads((tmp_path / "a" / "env" / "eval.json").read_text())  # provenance: beside, not in, the metrics
+    assert written == {k: v for k, v in json.loads(json.dumps(first)).items() if k not in ("metric", "backend", "env")}
+    assert env == first["env"] and env["backend"] == "lm-eval"
+    assert env["metric"] == {"middo_gsm8k_local": "exact_match,none", "middo_mmlu_local": "acc,none"}
+    assert env["device"] == "cpu" and env["dtype"] == "float32"
+    assert env["lm_eval_model"] == "hf"
     assert set(written["accuracy"]) == set(LOCAL_TASKS)
     for task, acc in written["accuracy"].items():
         assert 0.0 <= acc <= 1.0

@@ -179,3 +179,26 @@ def test_score_both_modes_on_the_tiny_model(scoring_model, one_torch_thread, kno
     else:
         assert all(len(r["scores"]) == 4 and all(s < 0 for s in r["scores"]) for r in out["results"])
         assert all(r["predicted"] == mmlu.LETTERS[r["scores"].index(max(r["scores"]))] for r in out["results"])
+
+
+def test_loglik_reads_the_four_letters_in_one_pass_with_the_four_pass_scores(scoring_model, one_torch_thread, items):
+    """One pass per question (the letters' next-token log-probabilities) gives the four-pass path's numbers."""
+    from middo.evaluate.generation import batch_choice_loglik
+
+    questions = [(mmlu.prompt(it), mmlu.LETTERS) for it in mmlu.select_items(items, 6, 3)]
+    rows = []  # sequences the model ran, counted at its input embeddings
+    hook = scoring_model.model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: rows.append(args[0].shape[0])
+    )
+    try:
+        one = batch_choice_loglik(scoring_model, questions)
+        ran_one, rows[:] = sum(rows), []
+        four = batch_choice_loglik(scoring_model, questions, one_pass=False)
+        ran_four = sum(rows)
+    finally:
+        hook.remove()
+    assert (ran_one, ran_four) == (6, 24)
+    for a, b in zip(one, four, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert a.n_tokens == b.n_tokens == [1, 1, 1, 1] and a.n_bytes == b.n_bytes
+        assert all(lp < 0 for lp in a.logprob) and len(set(a.logprob)) == 4

@@ -72,7 +72,6 @@ def test_evaluate_model_writes_intervals_and_passes_suite_options(tmp_path, monk
     )
     assert seen_a == {"mode": "loglik"} and seen_b == {}
     metrics = json.loads(out.read_text())
-    metrics.pop("env")
     assert set(metrics) == {"accuracy", "average", "n", "interval"}
     assert metrics["interval"]["fake_a"] == {"low": 0.15, "high": 0.85}  # Wilson 2/4
     assert metrics["interval"]["fake_b"] == {"low": 0.7225, "high": 1.0}  # Wilson 10/10
@@ -117,8 +116,8 @@ def test_evaluate_model_writes_flat_metrics(base_model_dir, tmp_path, one_torch_
     out = tmp_path / "metrics" / "eval_round_0.json"
     result = evaluate_model(base_model_dir, ["hellaswag", "gsm8k"], 2, out, "cpu", "float32", 32, 42, bootstrap=200)
     metrics = json.loads(out.read_text())
-    env = metrics.pop("env")
-    assert set(env) == {"python", *PACKAGES, "device", "dtype"}
+    env = json.loads((out.parent / "env" / out.name).read_text())  # provenance beside the metrics, not in them
+    assert set(env) == {"python", *PACKAGES, "device", "dtype", "cpu"}
     assert (env["device"], env["dtype"]) == ("cpu", "float32")
     assert set(metrics) == {"accuracy", "average", "n", "interval"}
     assert set(metrics["accuracy"]) == {"hellaswag", "gsm8k"} and metrics["n"] == {"hellaswag": 2, "gsm8k": 2}

@@ -1,4 +1,9 @@
-"""The closed loop through real DVC in a temporary git repo: repro, no-op, adding a round, push/pull, S3 (moto)."""
+"""The closed loop through real DVC in a temporary git repo: repro, no-op, adding a round, push/pull, S3 (moto).
+
+Refine asks the scripted OpenAI-compatible teacher of ``tests/refine`` over real HTTP: it answers every request like
+a capable teacher, so each round's data really changes, and wiring one round to another's data or model changes
+what the test sees (the data, the checkpoints' hashes, the losses diagnose measured, ``dvc.lock``'s deps).
+"""
 
 from __future__ import annotations
 
@@ -12,18 +17,27 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
+from middo.config import RefineConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tests" / "refine"))  # the scripted teacher lives beside the refine tests
+from scripted_teacher import script  # noqa: E402
 
 TINY = {
     "data": {"limit": 8},
     "diagnose": {"max_tokens": 4096, "quality": {"mode": "logits"}},
     "train": {"max_steps": 2, "batch_size": 4, "max_length": 256, "warmup_ratio": 0.0},
-    # 12 new tokens from a 135M teacher: most replies are unusable by design here; the loop, not the data, is tested
-    "refine": {"max_failed_fraction": 1.0, "teacher": {"max_new_tokens": 12}},
+    # a capable (scripted) teacher over HTTP (base_url: per run); the shipped bound on unusable replies, not the
+    # demo's 1.0: its diversify can repeat a hint prompt in round 2, which validation rightly rejects
+    "refine": {
+        "max_failed_fraction": RefineConfig().max_failed_fraction,
+        "teacher": {"backend": "openai", "model": "scripted", "concurrency": 2},
+    },
     "eval": {"suites": ["hellaswag", "gsm8k"], "limit": 2, "max_new_tokens": 16},
     "rounds": {"1": 0, "2": 1},
 }
@@ -55,6 +69,45 @@ def ran_stages(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
 
 
+def assert_wiring(repo: Path, rounds: list[int]) -> None:
+    """``dvc.lock``: every dep another stage produces has that stage's hash, and each round is wired as the method
+    says: ``train@R`` trains on ``data/round_R`` from ``models/base``; ``diagnose@R`` measures round R-1's data with
+    ``models/round_{R-1}`` as the current model and ``models/base`` as the base."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    made = {o["path"]: (name, o["md5"]) for name, st in lock.items() for o in st.get("outs", [])}
+    deps = {name: {d["path"]: d["md5"] for d in st.get("deps", [])} for name, st in lock.items()}
+    for name, paths in deps.items():
+        for path, md5 in paths.items():
+            if path in made:
+                assert md5 == made[path][1], f"{name} used {path} as it was before {made[path][0]} last ran"
+    for r in rounds:
+        prev = r - 1
+        assert made[f"data/round_{r}"][0] == f"refine@{r}" and made[f"models/round_{r}"][0] == f"train@{r}"
+        assert {f"data/round_{r}", "models/base"} <= deps[f"train@{r}"].keys()
+        assert f"data/round_{prev}" not in deps[f"train@{r}"], f"train@{r} depends on round {prev}'s data"
+        cmd = lock[f"train@{r}"]["cmd"]
+        assert f"--data data/round_{r}/train.jsonl --base models/base" in cmd, cmd
+        assert {f"data/round_{prev}", f"models/round_{prev}", "models/base"} <= deps[f"diagnose@{r}"].keys()
+        cmd = lock[f"diagnose@{r}"]["cmd"]
+        assert f"--data data/round_{prev}/train.jsonl --base models/base --current models/round_{prev} " in cmd, cmd
+    md5s = [made[f"models/round_{r}"][1] for r in [0, *rounds]]
+    assert len(set(md5s)) == len(md5s), f"rounds trained to the same weights: {md5s}"  # each round's data differs
+
+
+def assert_data_changed(repo: Path, r: int) -> None:
+    """Round r's data is round r-1's with the flagged samples rewritten: new records, each with a parent there."""
+    before = {row["id"]: row for row in map(json.loads, (repo / f"data/round_{r - 1}/train.jsonl").open())}
+    after = [json.loads(line) for line in (repo / f"data/round_{r}/train.jsonl").open()]
+    new = [row for row in after if row["id"] not in before]
+    assert new, f"data/round_{r} holds no new sample"
+    assert all(row["parent_id"] in before and row["round"] == r and row["op"] for row in new), new
+    report = json.loads((repo / f"metrics/round_{r}/refine.json").read_text())["refine"]
+    assert report["added"] == sum(row["parent_id"] is not None and row["round"] == r for row in after) > 0
+    # diagnose measured with two models: the current one (round r-1's, trained) is not the base
+    scores = pl.read_parquet(repo / f"metrics/round_{r}/diagnosis/scores.parquet")
+    assert (scores["loss_current"] - scores["loss_base"]).abs().max() > 1e-3, "current model == base model"
+
+
 @pytest.fixture(scope="module")
 def env():
     e = dict(os.environ)
@@ -64,9 +117,11 @@ def env():
     return e
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, base_model_dir, env):
-    """A fresh git + DVC repo holding this project's pipeline with tiny params and a local remote."""
+@pytest.fixture
+def project(tmp_path_factory, base_model_dir, env, chat_server):
+    """A fresh git + DVC repo holding this project's pipeline with tiny params, a local remote and a scripted
+    OpenAI-compatible teacher listening for as long as the test runs."""
+    teacher = chat_server(script())
     repo = tmp_path_factory.mktemp("loop") / "repo"
     repo.mkdir()
     for item in ("dvc.yaml", "stages", "src", "configs"):
@@ -81,6 +136,7 @@ def project(tmp_path_factory, base_model_dir, env):
     params["rounds"] = dict(TINY["rounds"])  # replace, not merge: the test adds round 3 itself
     params["model"]["base"] = str(base_model_dir)  # a local folder: copied, no 30 s GGUF conversion per test run
     params["refine"]["teacher"]["cache_dir"] = str(repo.parent / "teacher-cache")
+    params["refine"]["teacher"]["base_url"] = teacher.base_url
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git("init", "-q", cwd=repo)
     dvc("init", "-q", cwd=repo)
@@ -93,6 +149,9 @@ def project(tmp_path_factory, base_model_dir, env):
 
 @pytest.mark.slow
 def test_loop_end_to_end(project, env, tmp_path):
+    # the stages run the repo's copy of src/ (the code its dvc.lock hashes), not the checkout the venv installs in
+    # editable mode: that one may be edited while the test runs, and a forced re-run would then run other code
+    env = dict(env, PYTHONPATH=str(project / "src"))
     log = dvc("repro", cwd=project, env=env)
     assert {
         "base_model",
@@ -114,6 +173,9 @@ def test_loop_end_to_end(project, env, tmp_path):
     # no pickle anywhere in the outputs: checkpoints are safetensors, data JSONL, scores Parquet, caches JSON
     pickled = [p for ext in ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle") for p in project.rglob(ext)]
     assert [p for p in pickled if ".venv" not in p.parts] == []
+    assert_wiring(project, [1, 2])
+    for r in (1, 2):
+        assert_data_changed(project, r)
     git("add", "-A", cwd=project)
     git("commit", "-qm", "rounds 1-2", cwd=project)
 
@@ -163,25 +225,38 @@ def test_loop_end_to_end(project, env, tmp_path):
     assert "Success" in status, status + dvc("queue", "logs", "random-control", cwd=project, env=env)
     from dvc.api import read as dvc_read
 
-    control = json.loads(dvc_read("metrics/round_1/refine.json", repo=str(project), rev="random-control"))
-    middo = json.loads((project / "metrics/round_1/refine.json").read_text())
-    assert (control["refine"]["selection"], middo["refine"]["selection"]) == ("random", "model")
-    assert control["refine"]["diagnosis_flagged"] == {a: c["flagged"] for a, c in middo["refine"]["per_axis"].items()}
-    verdict = tmp_path / "compare.json"
-    run(
-        [
-            str(BIN / "middo"),
-            "compare",
-            "HEAD:metrics/round_1",
-            "random-control:metrics/round_1",
-            "--json",
-            str(verdict),
-        ],
-        project,
-        env,
-    )
-    judged = json.loads(verdict.read_text())
-    assert set(judged["suites"]) == set(TINY["eval"]["suites"]) and "verdict" in judged["average"]
+    # the whole refine report (strings too) is refine/summary.json; refine.json keeps its numbers for `dvc metrics`
+    report = "metrics/round_1/refine/summary.json"
+    control = json.loads(dvc_read(report, repo=str(project), rev="random-control"))
+    middo = json.loads((project / report).read_text())
+    assert (control["selection"], middo["selection"]) == ("random", "model")
+    assert control["diagnosis_flagged"] == {a: c["flagged"] for a, c in middo["per_axis"].items()}
+
+    def compare(a: str, b: str) -> dict:
+        verdict = tmp_path / "compare.json"
+        run([str(BIN / "middo"), "compare", a, b, "--json", str(verdict)], project, env)
+        return json.loads(verdict.read_text())
+
+    # a difference known to be nil: round 0 comes before refine.selection matters, so the control's round-0
+    # evaluation is Middo's, item for item
+    same = compare("HEAD:metrics/round_0", "random-control:metrics/round_0")
+    assert set(same["suites"]) == set(TINY["eval"]["suites"])
+    for row in [*same["suites"].values(), same["average"]]:
+        assert (row["delta"], row["fixed"], row["broken"], row["low"], row["high"]) == (0, 0, 0, 0, 0), row
+        assert (row["verdict"], row["p_mcnemar"]) == ("within noise", 1.0), row
+    # round 1 differs by selection only: the verdict is about exactly the two evaluations' accuracies
+    judged = compare("HEAD:metrics/round_1", "random-control:metrics/round_1")
+    control_eval = json.loads(dvc_read("metrics/round_1/eval.json", repo=str(project), rev="random-control"))
+    middo_eval = json.loads((project / "metrics/round_1/eval.json").read_text())
+    for suite, row in judged["suites"].items():
+        accuracies = (middo_eval["accuracy"][suite], control_eval["accuracy"][suite])
+        assert (row["n"], row["accuracy_a"], row["accuracy_b"]) == (TINY["eval"]["limit"], *accuracies), row
+        # the verdict is the interval's: within noise exactly when the interval of B - A holds 0
+        inside = row["low"] <= 0 <= row["high"]
+        assert row["verdict"] == ("within noise" if inside else OUTSIDE[row["high"] < 0]), row
+
+
+OUTSIDE = ("outside noise: B better", "outside noise: A better")
 
 
 def _free_port() -> int:

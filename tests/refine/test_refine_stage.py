@@ -23,7 +23,7 @@ from middo.dataio import read_dataset, write_jsonl
 from middo.errors import MiddoError
 from middo.records import Record
 from middo.refine.prompts import answer_prompt, rewrite_prompt
-from middo.refine.run import build_teacher, refine_round
+from middo.refine.run import build_teacher, refine_metrics, refine_round
 from middo.teachers.base import Sampling
 from middo.teachers.cache import draw_seed
 
@@ -217,7 +217,8 @@ def test_each_operation_succeeds_through_an_openai_server(chat_server, tmp_path)
     _assert_counts_add_up(report, out)
     info = json.loads((tmp_path / "run" / "data" / "dataset_info.json").read_text())  # for llamafactory-cli train
     assert list(info) == ["middo_round_1"] and info["middo_round_1"]["file_name"] == "train.jsonl"
-    written = json.loads((metrics / "refine.json").read_text())["refine"]
+    assert json.loads((metrics / "refine.json").read_text())["refine"] == refine_metrics(report)  # numbers only
+    written = json.loads((metrics / "summary.json").read_text())  # the whole report, in the refine folder
     assert {k: written[k] for k in ("merge", "size_before", "removed", "added", "kept", "size_after")} == {
         "merge": "reference",
         "size_before": 11,
@@ -461,5 +462,6 @@ def test_killed_stage_resumes_from_cache(chat_server, tmp_path):
     assert {p: after[p] for p in before} == before  # replayed from the cache, not asked (and written) again
     assert len(after) == len(full)  # the rest was asked: the same calls as an uninterrupted run
     # a warm and a cold run write the same metrics (DVC hashes them)
-    assert (tmp_path / "killed/refine.json").read_bytes() == (tmp_path / "full/refine.json").read_bytes()
+    for written in ("refine.json", "env/refine.json", "m/summary.json"):
+        assert (tmp_path / "killed" / written).read_bytes() == (tmp_path / "full" / written).read_bytes()
     assert (tmp_path / "killed/data/train.jsonl").read_bytes() == (tmp_path / "full/data/train.jsonl").read_bytes()

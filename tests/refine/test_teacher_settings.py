@@ -4,6 +4,9 @@ real OpenAI-compatible server on 127.0.0.1, change the cache's key, and reach ea
 from __future__ import annotations
 
 import json
+import sys
+import types
+from dataclasses import replace
 
 import pytest
 from scripted_teacher import NEW_PROMPT, answer_to, read_request, well_formed
@@ -11,7 +14,8 @@ from test_refine_stage import RECORDS, _assert_counts_add_up, _inputs, _openai, 
 
 from middo.config import TeacherConfig, VllmEngineConfig
 from middo.refine.prompts import REWRITE_SCHEMA
-from middo.refine.run import build_teacher, teacher_kwargs
+from middo.refine.run import build_teacher, teacher_identity, teacher_kwargs
+from middo.teachers import BACKENDS
 from middo.teachers.base import Sampling
 from middo.teachers.cache import server_identity
 
@@ -203,3 +207,38 @@ def test_the_paper_presets_ask_the_teacher_as_the_reference_does(preset, tmp_pat
     assert (teacher.model, teacher.max_new_tokens) == ("gpt-4o-mini", 16384)
     assert teacher.system_prompt == "You are a helpful assistant."
     assert teacher_kwargs(teacher, "cpu", "float32")["system_prompt"] == "You are a helpful assistant."
+
+
+class _ShoutingTeacher:
+    """A backend this test adds: it answers in capitals and says which setting it was built from."""
+
+    backend = "shout"
+    served = False
+
+    def __init__(self, model: str, loudness: int):
+        self.model, self.loudness = model, loudness
+
+    @classmethod
+    def config_kwargs(cls, cfg, device: str, dtype: str) -> dict:
+        return {"model": cfg.model, "loudness": cfg.max_new_tokens}
+
+    @classmethod
+    def cache_identity(cls, cfg, device: str, dtype: str) -> dict[str, str]:
+        return {"backend": cls.backend, "model": cfg.model, "where": device}
+
+    def complete(self, prompts: list[str], sampling) -> list[str]:
+        return [p.upper() + "!" * self.loudness for p in prompts]
+
+
+def test_a_new_backend_plugs_in_through_the_teacher_registry_alone(tmp_path, monkeypatch):
+    """refine builds any registered backend from its own ``config_kwargs`` and keys its cache on its own
+    ``cache_identity``: nothing in refine names a backend."""
+    module = types.ModuleType("middo_test_shout")
+    module.ShoutingTeacher = _ShoutingTeacher
+    monkeypatch.setitem(sys.modules, "middo_test_shout", module)
+    monkeypatch.setitem(BACKENDS, "shout", "middo_test_shout:ShoutingTeacher")
+    cfg = replace(TeacherConfig(), backend="shout", model="loud", max_new_tokens=2, cache_dir=str(tmp_path))
+    teacher = build_teacher(cfg, "cpu", "float32")
+    assert teacher.identity == {"backend": "shout", "model": "loud", "where": "cpu"}
+    assert teacher.complete(["hi"], Sampling(max_new_tokens=2)) == ["HI!!"]
+    assert teacher_identity(cfg, "meta", "float32")["where"] == "meta"

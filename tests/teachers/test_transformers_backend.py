@@ -90,3 +90,17 @@ def test_a_reply_that_uses_every_new_token_without_ending_is_marked_cut(base_mod
     below_cap = teacher.complete([prompt], Sampling(max_new_tokens=8))
     assert at_cap == below_cap and at_cap[0].strip()
     assert [r.finish_reason for r in [*at_cap, *below_cap]] == ["stop", "stop"]
+
+
+def test_each_reply_counts_its_prompt_and_generated_tokens(base_model_dir, one_torch_thread):
+    """Usage as a server reports it: the prompt through the chat template, and the tokens generated, up to and
+    including the end-of-sequence token (a reply cut at the cap used every one)."""
+    teacher = TransformersTeacher(base_model_dir, device="cpu", dtype="float32")
+    prompts = ["What is 2 + 2? Reply with the number only.", "Name three colours and say why the sky is blue."]
+    replies = teacher.complete(prompts, Sampling(max_new_tokens=12))
+    assert [r.finish_reason for r in replies] == ["stop", "length"], replies  # one ends early, one is cut
+    for prompt, reply in zip(prompts, replies):
+        assert reply.usage.prompt_tokens == len(teacher.encode(prompt))
+        decoded = len(teacher.tokenizer(reply, add_special_tokens=False)["input_ids"])
+        ended = reply.finish_reason == "stop"  # its EOS token was generated and counted, but is not in the text
+        assert reply.usage.completion_tokens == (decoded + 1 if ended else 12), (reply, reply.usage)

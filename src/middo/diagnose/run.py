@@ -26,7 +26,7 @@ from middo.distributed import Shard, from_env, local_device, write_rank_report
 from middo.errors import MiddoError
 from middo.modeling import load_model
 from middo.plots import histogram
-from middo.provenance import device_name, dtype_name, environment
+from middo.provenance import device_name, dtype_name, environment, write_metrics
 
 
 def _windowed(n: int, cfg: DiagnoseConfig, shard: Shard, desc: str, score, unit: str = "sample", per: int = 1):
@@ -141,6 +141,18 @@ def check_enough_samples(data_path: str | Path, n: int, k: int) -> None:
         )
 
 
+def diagnose_metrics(summary: dict) -> dict:
+    """The numbers of a diagnosis worth a column in ``dvc exp show``: how many samples, how many flagged per axis,
+    how many could not be scored, and each signal's threshold. The rest (m, direction, judge statuses) is settings or
+    detail, kept in the diagnosis folder's ``summary.json``."""
+    return {
+        "n": summary["n"],
+        "flagged": summary["flagged"],
+        "unscored": summary["unscored"],
+        "threshold": {name: t["value"] for name, t in summary["thresholds"].items()},
+    }
+
+
 def diagnose_dataset(
     data_path: str | Path,
     base_model: str | Path,
@@ -170,7 +182,9 @@ def diagnose_dataset(
     Under ``torchrun`` (``shard`` from the environment by default) every process scores its share of the batches,
     the scores are merged on all of them, and rank 0 alone writes the outputs.
 
-    ``summary_path`` holds ``{"diagnose": summary, "env": versions, device and dtype used}``.
+    ``summary_path`` holds ``{"diagnose": numbers}`` (:func:`diagnose_metrics`), its env record the versions, device
+    and dtype used; the whole summary (each threshold's mean, std, m and direction, the judge's statuses) goes to
+    ``out_dir/summary.json``.
 
     Raises:
         MiddoError: fewer than ``diagnose.diversity.k + 1`` samples (checked before any model is loaded), or a
@@ -301,8 +315,9 @@ def diagnose_dataset(
         "k": k,
         "embedding_map": emb_map,
     }
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(summary_path, json.dumps({"diagnose": summary, "env": env}, indent=2) + "\n")
+    write_metrics(summary_path, {"diagnose": diagnose_metrics(summary)}, env)
     shard.barrier()
     # timings go to the caller (CLI, benchmarks), not into diagnose.json: that file is a DVC metric and must be
     # identical across identical runs; "seconds" are the stage's parts, "quality_seconds" each judge mode's share

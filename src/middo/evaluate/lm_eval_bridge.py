@@ -25,7 +25,7 @@ from middo.errors import MiddoError
 from middo.evaluate.stats import intervals
 from middo.evaluate.suite import details_path
 from middo.optional import is_available
-from middo.provenance import device_name, dtype_name, environment, package_version
+from middo.provenance import device_name, dtype_name, environment, package_version, write_metrics
 
 PREFERRED_METRICS = ("acc", "exact_match")  # then the task's other metrics, in the order it lists them
 INSTALL = 'pip install -e ".[eval]"'
@@ -212,8 +212,8 @@ def evaluate_lm_eval(
         allow_code_eval: let code-executing tasks run the model's code unsandboxed (with a warning).
 
     Returns:
-        What was written: ``accuracy``, ``average``, ``n``, ``interval``, ``metric`` (``metric,filter`` per task),
-        ``backend`` and ``env``.
+        The metrics written (``accuracy``, ``average``, ``n``, ``interval``) plus ``metric`` (``metric,filter`` per
+        task), ``backend`` and ``env``, which go to the env record beside them.
 
     Raises:
         MiddoError: lm-eval missing, a bad include path, unknown task names, a task with no 0/1 metric, or a task
@@ -282,10 +282,14 @@ def evaluate_lm_eval(
         "average": sum(accuracy.values()) / len(accuracy),
         "n": {t: len(c) for t, c in correct.items()},
         "interval": intervals(correct, bootstrap, seed),
-        "metric": metric_used,
+    }
+    # how the numbers were measured (backend, each task's metric and filter) is provenance: strings, not metrics
+    env = environment(device=dev, dtype=dt) | {
         "backend": "lm-eval",
-        "env": environment(device=dev, dtype=dt) | {"lm_eval": package_version("lm_eval"), "lm_eval_model": model},
+        "lm_eval": package_version("lm_eval"),
+        "lm_eval_model": model,
+        "metric": metric_used,
     }
     atomic_write_text(details_path(out_path), "".join(row + "\n" for row in rows))
-    atomic_write_text(Path(out_path), json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    write_metrics(out_path, metrics, env)
+    return {**metrics, "metric": metric_used, "backend": "lm-eval", "env": env}

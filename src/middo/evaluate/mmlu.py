@@ -12,7 +12,8 @@ the letter):
 * ``generate`` (default, as the Middo paper's OpenCompass ``mmlu_zero_shot_gen``): a greedy reply, from which
   :func:`extract_letter` takes the letter; a reply without one is a ``format_error`` and counts as wrong.
 * ``loglik``: the letter (``A``..``D``) with the highest log-probability as the start of the assistant's reply. It
-  measures what the model knows without its format-following, which matters for small models.
+  measures what the model knows without its format-following, which matters for small models. Each letter is one
+  token, so one forward pass per question gives all four (the next-token log-probabilities after the prompt).
 
 Besides micro ``accuracy`` we report ``per_subject`` accuracy and ``macro_accuracy`` (their mean, as OpenCompass's
 MMLU summary averages the subjects).

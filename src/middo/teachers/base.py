@@ -8,10 +8,14 @@ reply never costs the rest of a long run; only an unreachable server stops the r
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from middo.errors import MiddoError
+from middo.teachers.usage import Usage
+
+log = logging.getLogger(__name__)
 
 
 class TeacherUnavailable(MiddoError):
@@ -23,7 +27,9 @@ CUT = "length"  # the finish reason of a reply stopped by max_new_tokens, in the
 
 class Reply(str):
     """A reply's text that also says why decoding stopped (``finish_reason``: ``stop``, or ``length`` when it hit
-    ``max_new_tokens``).
+    ``max_new_tokens``), what it took (``usage``: prompt and completion tokens, ``None`` when unknown) and which round
+    paid for it (``paid_round``: set by :class:`~middo.teachers.cache.CachedTeacher`; ``None``: nobody, e.g. a
+    repeat of a prompt answered once).
 
     A ``str``, so every caller that only reads the text is unchanged; a plain ``str`` from a backend that cannot tell
     counts as complete. A reply cut at the cap reads like a complete one (a prompt missing its last clause, an
@@ -31,14 +37,20 @@ class Reply(str):
     """
 
     finish_reason: str
+    usage: Usage | None
+    paid_round: int | None
 
-    def __new__(cls, text: str, finish_reason: str = "stop"):
+    def __new__(
+        cls, text: str, finish_reason: str = "stop", usage: Usage | None = None, paid_round: int | None = None
+    ):
         reply = super().__new__(cls, text)
         reply.finish_reason = finish_reason
+        reply.usage = usage
+        reply.paid_round = paid_round
         return reply
 
-    def __reduce__(self):  # a str subclass with a field: keep it across pickling (multiprocessing, copies)
-        return (Reply, (str(self), self.finish_reason))
+    def __reduce__(self):  # a str subclass with fields: keep them across pickling (multiprocessing, copies)
+        return (Reply, (str(self), self.finish_reason, self.usage, self.paid_round))
 
 
 def finish_reason(reply: str) -> str:
@@ -105,6 +117,12 @@ class Sampling:
 class Teacher(Protocol):
     """A teacher LLM backend.
 
+    Each backend also reads its own settings, so refine never branches on a backend's name and a new backend
+    touches ``teachers/`` only: the classmethods ``config_kwargs(cfg, device, dtype)`` (its constructor's arguments
+    from ``refine.teacher``) and ``cache_identity(cfg, device, dtype)`` (what the cache keys its replies on besides
+    the prompt and sampling), and the class attribute ``served`` (True: known by name only, its prompts counted with
+    ``refine.teacher.tokenizer``; False: a local folder whose own tokenizer counts them).
+
     Attributes:
         backend: the registry name (``transformers``, ``openai``, ``vllm``); part of the cache key.
         model: the model folder or served model name; part of the cache key.
@@ -112,6 +130,7 @@ class Teacher(Protocol):
 
     backend: str
     model: str
+    served: bool
 
     def complete(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
         """Answer each prompt, sent as a single user message.
@@ -131,3 +150,9 @@ class Teacher(Protocol):
             TeacherUnavailable: the backend cannot be reached at all.
         """
         ...
+
+
+def warn_unused_extra_body(cfg) -> None:
+    """``refine.teacher.extra_body`` goes into OpenAI request bodies; a local backend has none to put it in."""
+    if cfg.extra_body:
+        log.warning("refine.teacher.extra_body is for the openai backend; the %s backend ignores it", cfg.backend)

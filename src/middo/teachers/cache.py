@@ -24,6 +24,7 @@ from typing import Any
 from middo.dataio.atomic import atomic_write_text
 from middo.errors import MiddoError
 from middo.teachers.base import Reply, Sampling, Teacher, finish_reason
+from middo.teachers.usage import Budget, Usage, reply_usage
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class CachedTeacher:
         prompt_version: str,
         chunk_size: int = 64,
         round_: int = 0,
+        budget: Budget | None = None,
     ):
         """
         Args:
@@ -186,7 +188,8 @@ class CachedTeacher:
             identity: what answers, from :func:`local_identity` or :func:`server_identity`.
             prompt_version: the version of the caller's prompt templates (the cache knows nothing of them).
             chunk_size: misses sent to the inner teacher per call; each chunk is stored before the next is sent.
-            round_: the refinement round asking; keys sampled replies only.
+            round_: the refinement round asking; keys sampled replies, and marks the replies it pays for.
+            budget: charged for every reply sent; once reached, no further chunk is sent (the run stops).
         """
         if chunk_size < 1:
             raise ValueError(f"CachedTeacher: chunk_size must be >= 1, got {chunk_size}")
@@ -198,6 +201,7 @@ class CachedTeacher:
         self.cache_dir = Path(cache_dir)
         self.chunk_size = chunk_size
         self.round = round_
+        self.budget = budget
         self.hits = 0
         self.misses = 0
 
@@ -207,8 +211,12 @@ class CachedTeacher:
     def complete(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
         """Answer from the cache where possible; send only the distinct misses to the inner teacher.
 
+        Each reply is a :class:`Reply` carrying its usage and the round that paid for it: this round for a reply sent
+        now, the entry's round for one replayed, nobody for a repeat of a prompt answered once in this call.
+
         Raises:
             TeacherUnavailable: from the inner teacher; chunks finished before it are already stored.
+            BudgetExceeded: ``budget`` reached before a chunk was sent; the chunks sent so far are stored.
         """
         draws = self.draws(prompts, sampling)
         keys = [cache_key(self.identity, self.prompt_version, p, sampling, d) for p, d in zip(prompts, draws)]
@@ -226,24 +234,49 @@ class CachedTeacher:
                 self.hits += 1
         self.hits += sum(len(pos) - 1 for pos in missing.values())  # repeats are answered by the first call
         todo = list(missing.items())
+        for (_, positions), reply in zip(todo, self._ask(todo, prompts, sampling, draws)):
+            for n, i in enumerate(positions):  # a repeat is answered, free, by the first call
+                free = n > 0 and reply is not None
+                results[i] = Reply(reply, finish_reason(reply), reply_usage(reply)) if free else reply
+        return results
+
+    def lookup(self, prompts: list[str], sampling: Sampling) -> list[Reply | None]:
+        """The cached reply to each prompt, or ``None`` where the cache has none; sends nothing (for a plan)."""
+        draws = self.draws(prompts, sampling)
+        keys = [cache_key(self.identity, self.prompt_version, p, sampling, d) for p, d in zip(prompts, draws)]
+        return [self._load(key) for key in keys]
+
+    def _ask(
+        self,
+        todo: list[tuple[str, list[int]]],
+        prompts: list[str],
+        sampling: Sampling,
+        draws: list[tuple[int, int] | None],
+    ) -> list[str | None]:
+        """Send the misses (key -> positions in ``prompts``) to the inner teacher in chunks, storing each chunk
+        before the next is sent; one reply (or None) per miss. A transport that cannot answer at once (the Batch
+        API, :mod:`middo.teachers.openai_batch`) overrides this and keeps the keys and the cache as they are."""
+        replies: dict[str, str | None] = {}
         for start in range(0, len(todo), self.chunk_size):
+            if self.budget is not None:  # reached (by the chunks before, or an earlier call): send nothing more
+                self.budget.check(left=len(todo) - start)
             chunk = todo[start : start + self.chunk_size]
             self.misses += len(chunk)
             by_seed: dict[Sampling, list[tuple[str, list[int]]]] = {}  # one inner call per seed (draw index)
             for key, positions in chunk:
                 by_seed.setdefault(self.sent(sampling, draws[positions[0]]), []).append((key, positions))
             for sent, part in by_seed.items():
-                replies = self.teacher.complete([prompts[pos[0]] for _, pos in part], sent)
-                if len(replies) != len(part):
-                    raise RuntimeError(
-                        f"{type(self.teacher).__name__} returned {len(replies)} replies for {len(part)}"
-                    )
-                for (key, positions), reply in zip(part, replies):
+                got = self.teacher.complete([prompts[pos[0]] for _, pos in part], sent)
+                if len(got) != len(part):
+                    raise RuntimeError(f"{type(self.teacher).__name__} returned {len(got)} replies for {len(part)}")
+                for (key, positions), reply in zip(part, got):
                     if reply is not None:
-                        self._store(key, prompts[positions[0]], sampling, reply, draws[positions[0]], sent.seed)
-                    for i in positions:
-                        results[i] = reply
-        return results
+                        first = positions[0]
+                        reply = self._store(key, prompts[first], sampling, reply, draws[first], sent.seed)
+                        if self.budget is not None:
+                            self.budget.charge(reply.usage)
+                    replies[key] = reply
+        return [replies[key] for key, _ in todo]
 
     def draws(self, prompts: list[str], sampling: Sampling) -> list[tuple[int, int] | None]:
         """Each prompt's ``(round, index)`` when sampling (index: how often the prompt came earlier in this call);
@@ -263,8 +296,9 @@ class CachedTeacher:
         return sampling if draw is None else replace(sampling, seed=draw_seed(sampling.seed, *draw))
 
     def _load(self, key: str) -> Reply | None:
-        """The cached reply with its finish reason (``stop`` when the entry has none), or None when absent or
-        unreadable (a hand-edited or foreign file is simply redone)."""
+        """The cached reply with its finish reason (``stop`` when the entry has none), usage (``None`` when the entry
+        has none) and paying round (``None`` when the entry has none: free), or None when absent or unreadable (a
+        hand-edited or foreign file is simply redone)."""
         path = self.path(key)
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
@@ -278,12 +312,21 @@ class CachedTeacher:
             log.warning("teacher cache: ignoring malformed entry %s; calling the teacher again", path)
             return None
         reason = entry.get("finish_reason")
-        return Reply(output, reason if isinstance(reason, str) and reason else "stop")
+        paid = entry.get("round")
+        return Reply(
+            output,
+            reason if isinstance(reason, str) and reason else "stop",
+            Usage.from_json(entry.get("usage")),
+            paid if isinstance(paid, int) and not isinstance(paid, bool) else None,
+        )
 
     def _store(
         self, key: str, prompt: str, sampling: Sampling, output: str, draw: tuple[int, int] | None, seed: int
-    ) -> None:
-        """Keep the inputs beside the output so an entry can be read (and audited) without the code."""
+    ) -> Reply:
+        """Keep the inputs beside the output so an entry can be read (and audited) without the code; ``usage`` is
+        the reply's tokens (absent when the backend could not tell), ``round`` the round that paid for it. Returns
+        the reply as stored, marked paid by this round."""
+        usage = reply_usage(output)
         entry = {
             "key": key,
             "teacher": self.identity,
@@ -294,5 +337,8 @@ class CachedTeacher:
             **({"draw": {"round": draw[0], "index": draw[1], "seed": seed}} if draw is not None else {}),
             "output": str(output),
             "finish_reason": finish_reason(output),
+            **({"usage": usage.to_json()} if usage is not None else {}),
+            "round": self.round,
         }
         atomic_write_text(self.path(key), json.dumps(entry, ensure_ascii=False, indent=1) + "\n")
+        return Reply(output, finish_reason(output), usage, self.round)

@@ -39,6 +39,8 @@ from tqdm.auto import tqdm
 from middo.errors import MiddoError
 from middo.optional import require
 from middo.teachers.base import Reply, Sampling, TeacherUnavailable
+from middo.teachers.cache import request_identity, server_identity
+from middo.teachers.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,30 @@ class OpenAITeacher:
     """Chat completions against an OpenAI-compatible server, ``concurrency`` requests in flight."""
 
     backend = "openai"
+    served = True  # known by name only: prompts are counted with ``refine.teacher.tokenizer``
+
+    @classmethod
+    def config_kwargs(cls, cfg, device: str, dtype: str) -> dict:
+        """The constructor arguments from ``refine.teacher`` (a :class:`~middo.config.TeacherConfig`); the server
+        picks device and dtype."""
+        return {
+            "base_url": cfg.base_url,
+            "model": cfg.model,
+            "api_key_env": cfg.api_key_env,
+            "concurrency": cfg.concurrency,
+            "timeout": cfg.timeout,
+            "max_retries": cfg.max_retries,
+            "system_prompt": cfg.system_prompt,
+            "extra_body": cfg.extra_body,
+            "token_limit_param": cfg.token_limit_param,
+        }
+
+    @classmethod
+    def cache_identity(cls, cfg, device: str, dtype: str) -> dict[str, str]:
+        """The served name, URL and the user's ``revision``, and what every request carries besides the prompt."""
+        identity = server_identity(cfg.model, cfg.base_url, cfg.revision)
+        identity.update(request_identity(cfg.system_prompt, cfg.extra_body))
+        return identity
 
     def __init__(
         self,
@@ -319,8 +345,8 @@ def _wants_max_completion_tokens(exc) -> bool:
 
 
 def _reply_text(response) -> Reply:
-    """The assistant text of a chat completion with its ``finish_reason`` (``length``: cut at ``max_tokens``), or
-    _Failed if the reply has none (or is not a completion)."""
+    """The assistant text of a chat completion with its ``finish_reason`` (``length``: cut at ``max_tokens``) and the
+    server's ``usage`` (``None`` when it sends none), or _Failed if the reply has none (or is not a completion)."""
     try:
         choice = response.choices[0]
         message = choice.message
@@ -331,4 +357,5 @@ def _reply_text(response) -> Reply:
         refusal = getattr(message, "refusal", None)  # structured output: a refusal comes in its own field
         raise _Failed("refusal" if isinstance(refusal, str) and refusal.strip() else "empty reply") from None
     reason = getattr(choice, "finish_reason", None)
-    return Reply(content, reason if isinstance(reason, str) and reason else "stop")
+    usage = Usage.from_json(getattr(response, "usage", None))
+    return Reply(content, reason if isinstance(reason, str) and reason else "stop", usage)

@@ -11,7 +11,9 @@ prompts) would get different ones. Per prompt, a rerun without the cache reprodu
 a forked RNG, so the caller's random state is left as it was.
 
 A reply that used all ``max_new_tokens`` without an end-of-sequence token is marked cut (finish reason ``length``,
-as the OpenAI API and vLLM say it), so refine rejects it rather than keep a reply stopped mid-sentence.
+as the OpenAI API and vLLM say it), so refine rejects it rather than keep a reply stopped mid-sentence. Its usage is
+counted as a server would: the prompt's tokens through the chat template, and the tokens generated up to and including
+the end-of-sequence token.
 
 ``Sampling.response_schema`` (structured output) is ignored: ``generate`` has no constrained decoding, so replies are
 free text, which the refine parser reads as tagged text just the same.
@@ -28,7 +30,9 @@ from tqdm.auto import tqdm
 
 from middo.diagnose.batching import pad_batch, token_budget_batches
 from middo.modeling import load_model
-from middo.teachers.base import CUT, Reply, Sampling
+from middo.teachers.base import CUT, Reply, Sampling, warn_unused_extra_body
+from middo.teachers.cache import local_identity, request_identity
+from middo.teachers.usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +43,42 @@ def prompt_seed(seed: int, prompt: str) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+def encode_prompts(tokenizer, prompts: list[str], system_prompt: str = "") -> list[list[int]]:
+    """Token ids of each prompt as one user turn after the system message (if any), plus the assistant header: what
+    the local teacher generates from, and what a plan counts as a request's prompt tokens."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    texts = [
+        tokenizer.apply_chat_template(
+            [*system, {"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
 class TransformersTeacher:
     """Generate with ``model.generate`` from a local HF folder, one user turn through the chat template."""
 
     backend = "transformers"
+    served = False  # the weights are a folder here: its tokenizer counts what a prompt costs
+
+    @classmethod
+    def config_kwargs(cls, cfg, device: str, dtype: str) -> dict:
+        """The constructor arguments from ``refine.teacher`` (a :class:`~middo.config.TeacherConfig`)."""
+        warn_unused_extra_body(cfg)
+        return {"model_path": cfg.model, "device": device, "dtype": dtype, "system_prompt": cfg.system_prompt}
+
+    @classmethod
+    def cache_identity(cls, cfg, device: str, dtype: str) -> dict[str, str]:
+        """The weights' content, the system prompt, and where and how the weights run: a CPU's and a GPU's kernels,
+        and bfloat16 and float32, give different greedy replies."""
+        from middo.device import resolve_device, resolve_dtype
+
+        identity = local_identity(cls.backend, cfg.model, cfg.cache_dir, cfg.revision)
+        identity.update(request_identity(cfg.system_prompt))
+        where = resolve_device(device)
+        identity.update(device=where.type, dtype=str(resolve_dtype(dtype, where)).removeprefix("torch."))
+        return identity
 
     def __init__(
         self,
@@ -72,11 +108,7 @@ class TransformersTeacher:
     def encode(self, prompt: str) -> list[int]:
         """Token ids of the system message (if any) and one user turn, plus the assistant header the model continues
         from."""
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        text = self.tokenizer.apply_chat_template(
-            [*system, {"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_prompts(self.tokenizer, [prompt], self.system_prompt)[0]
 
     def complete(self, prompts: list[str], sampling: Sampling) -> list[str | None]:
         """Answer every prompt; an empty reply, or one batch item that cannot fit in memory alone, is ``None``; each
@@ -139,8 +171,13 @@ class TransformersTeacher:
         texts = tok.batch_decode(new, skip_special_tokens=True)
         stops = self._eos_ids()
         # a row is cut when it used every new token and none of them ended it (a finished row holds its EOS, then pad)
-        cut = [len(row) >= sampling.max_new_tokens and not stops & set(row) for row in new.tolist()]
-        return [Reply(t, CUT if c else "stop") if t.strip() else None for t, c in zip(texts, cut)]
+        rows = new.tolist()
+        cut = [len(row) >= sampling.max_new_tokens and not stops & set(row) for row in rows]
+        spent = [next((i + 1 for i, t in enumerate(row) if t in stops), len(row)) for row in rows]  # up to its EOS
+        return [
+            Reply(t, CUT if c else "stop", Usage(len(seq), n)) if t.strip() else None
+            for t, c, seq, n in zip(texts, cut, seqs, spent)
+        ]
 
     def _eos_ids(self) -> set[int]:
         """The tokens that end a reply: the generation config's EOS ids (one or a list) and the tokenizer's."""

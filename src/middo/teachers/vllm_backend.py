@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from middo.optional import require
-from middo.teachers.base import Reply, Sampling
+from middo.teachers.base import Reply, Sampling, warn_unused_extra_body
+from middo.teachers.cache import local_identity, request_identity
+from middo.teachers.usage import Usage
 
 
 def engine_kwargs(tensor_parallel_size: int = 1, max_model_len: int = 0, gpu_memory_utilization: float = 0.9) -> dict:
@@ -46,12 +48,13 @@ def conversation(system_prompt: str, prompt: str) -> list[dict[str, str]]:
     return [*system, {"role": "user", "content": prompt}]
 
 
-def reply_of(text: str, finish_reason: str | None) -> Reply | None:
+def reply_of(text: str, finish_reason: str | None, usage: Usage | None = None) -> Reply | None:
     """One vLLM ``CompletionOutput`` as a reply: ``None`` when empty; ``finish_reason`` is ``stop``, ``length`` (cut
-    at ``max_tokens``), ``abort``, or ``None`` while unfinished (only seen when streaming), kept as ``stop``."""
+    at ``max_tokens``), ``abort``, or ``None`` while unfinished (only seen when streaming), kept as ``stop``;
+    ``usage`` counts the request's prompt token ids and the output's token ids."""
     if not text.strip():
         return None
-    return Reply(text, finish_reason or "stop")
+    return Reply(text, finish_reason or "stop", usage)
 
 
 def _structured(schema: dict) -> dict:
@@ -69,6 +72,28 @@ class VLLMTeacher:
     """Offline batched generation with ``vllm.LLM.chat``; vLLM schedules the whole list itself."""
 
     backend = "vllm"
+    served = False  # the weights are a folder here: its tokenizer counts what a prompt costs
+
+    @classmethod
+    def config_kwargs(cls, cfg, device: str, dtype: str) -> dict:
+        """The constructor arguments from ``refine.teacher`` (a :class:`~middo.config.TeacherConfig`); vLLM picks
+        its own device and dtype."""
+        warn_unused_extra_body(cfg)
+        engine = cfg.vllm
+        return {
+            "model_path": cfg.model,
+            "tensor_parallel_size": engine.tensor_parallel_size,
+            "max_model_len": engine.max_model_len,
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+            "system_prompt": cfg.system_prompt,
+        }
+
+    @classmethod
+    def cache_identity(cls, cfg, device: str, dtype: str) -> dict[str, str]:
+        """The weights' content (or name and revision) and the system prompt."""
+        identity = local_identity(cls.backend, cfg.model, cfg.cache_dir, cfg.revision)
+        identity.update(request_identity(cfg.system_prompt))
+        return identity
 
     def __init__(
         self,
@@ -106,5 +131,9 @@ class VLLMTeacher:
         params = self._sampling_params(**sampling_kwargs(sampling), **(_structured(schema) if schema else {}))
         conversations = [conversation(self.system_prompt, p) for p in prompts]
         outputs = self.llm.chat(conversations, params, use_tqdm=True)
-        firsts = [out.outputs[0] if out.outputs else None for out in outputs]
-        return [reply_of(c.text, c.finish_reason) if c is not None else None for c in firsts]
+        replies = []
+        for out in outputs:
+            c = out.outputs[0] if out.outputs else None
+            usage = Usage(len(out.prompt_token_ids or ()), len(c.token_ids or ())) if c is not None else None
+            replies.append(reply_of(c.text, c.finish_reason, usage) if c is not None else None)
+        return replies
