@@ -5,7 +5,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup sandbox demo test test-fast lint clean-venv lock mutate
+.PHONY: setup sandbox demo test test-fast lint clean-venv lock mutate exp
 
 setup: $(VENV)/.middo-installed sandbox
 
@@ -54,6 +54,12 @@ lock:
 
 demo: setup
 	dvc repro
+
+# The experiment table people read: average accuracy per round, sizes, flagged samples and the rounds params, one
+# row per experiment (11 columns for the demo). `dvc exp show` alone lists every metric, param and dep (365 columns).
+EXP_COLUMNS ?= ^Experiment$$|^Created$$|.*eval.json:average$$|.*refine.json:refine.size_after$$|.*diagnose.json:.*flagged.any$$|^rounds\.
+exp:
+	dvc exp show --no-pager --md --drop '.*' --keep '$(EXP_COLUMNS)'
 
 test: setup
 	$(PY) -m pytest
