@@ -213,9 +213,10 @@ def test_torchrun_logits_judge_two_processes_match_one(base_model_dir, tmp_path)
     assert one["id"].to_list() == [r.id for r in SAMPLES]
     assert one["quality"].is_not_nan().all()  # every judgement scored, so the comparison means something
     assert one.equals(two, null_equal=True)
-    summary = json.loads((outs[2] / "diagnose.json").read_text())
-    assert summary["diagnose"]["quality"]["mode"] == "logits"
-    assert summary == json.loads((outs[1] / "diagnose.json").read_text())
+    summary = json.loads((outs[2] / "diagnosis" / "summary.json").read_text())
+    assert summary["quality"]["mode"] == "logits"
+    assert summary == json.loads((outs[1] / "diagnosis" / "summary.json").read_text())
+    assert json.loads((outs[2] / "diagnose.json").read_text()) == json.loads((outs[1] / "diagnose.json").read_text())
     ids = [r.id for r in SAMPLES]
     judged = _one_process_units(outs[1] / "ranks", "diagnose", ids, [*DIAGNOSE_PHASES, "quality(logits)"])
     assert len(judged["quality(logits)"]) > len(ids)  # the unit is part of a sample (one side's judgements)
