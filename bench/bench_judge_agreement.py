@@ -9,10 +9,11 @@ the share of generate's flags that logits also flags. Not measured at 7-8B until
     .venv/bin/python bench/bench_judge_agreement.py --device cuda --model /models/Meta-Llama-3.1-8B-Instruct \\
         --data data/alpaca/alpaca_data.json --limit 1000
     .venv/bin/python bench/bench_judge_agreement.py --model .cache/models/smollm2-135m-instruct \\
-        --data tests/data/... --limit 8 --max-new-tokens 8     # CPU smoke: mechanics only, 135M cannot judge
+        --data tests/data/... --limit 8 --max-new-tokens 8 --engine hf   # CPU smoke: 135M cannot judge
 
-Generate-mode settings default to the paper presets' (``presets/paper.yaml``: temperature 0.1, top_p 0.7, top_k 50,
-1024 new tokens, cutoff 4096, no character clipping); ``--dry-run`` prints them and the records, loads no model.
+Generate-mode settings default to the paper presets' (``presets/paper.yaml``: vLLM, temperature 0.1, top_p 0.7, top_k
+50, 1024 new tokens, cutoff 4096, no character clipping; ``--vllm-python`` names an env with vllm); ``--dry-run``
+prints them and the records, loads no model.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=preset.max_new_tokens)
     parser.add_argument("--cutoff", type=int, default=preset.cutoff)
     parser.add_argument("--max-chars", type=int, default=preset.max_chars)
+    parser.add_argument(
+        "--engine", default=preset.engine, choices=["hf", "vllm"], help="what decodes generate (the presets: vllm)"
+    )
+    parser.add_argument("--vllm-python", default=preset.vllm_python, help="engine vllm: Python of an env with vllm")
     parser.add_argument("--m", type=float, nargs="+", default=[0.5, 1.0, 1.5], help="flag thresholds to compare")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/judge_agreement_<device>.json)")
     parser.add_argument("--dry-run", action="store_true", help="print the settings and records; load no model")
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.model or not args.data:
         parser.error("--model and --data are required")
     settings = {
-        k: getattr(args, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens", "cutoff", "max_chars")
+        k: getattr(args, k)
+        for k in ("engine", "temperature", "top_p", "top_k", "max_new_tokens", "cutoff", "max_chars")
     }
 
     from middo.dataio.writers import read_records
@@ -86,21 +92,35 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         return
 
+    import torch
+
     from middo.diagnose.quality import agreement, judge_generate, judge_logits
+    from middo.diagnose.quality_vllm import check_vllm, judge_vllm
     from middo.modeling import load_model
 
+    python = check_vllm(args.vllm_python, args.device) if args.engine == "vllm" else ""
     lm = load_model(args.model, args.device, args.dtype)
-    clock = time.perf_counter()
-    res_g, answers = judge_generate(
-        lm.model, lm.tokenizer, records, lm.device, args.max_tokens, args.max_new_tokens, args.max_chars,
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, cutoff=args.cutoff,
-    )  # fmt: skip
-    t_g = time.perf_counter() - clock
-    clock = time.perf_counter()
+    clock = time.perf_counter()  # logits first: the vLLM child needs the memory the HF model holds
     res_l = judge_logits(
         lm.model, lm.tokenizer, records, lm.device, args.max_tokens, args.max_chars, cutoff=args.cutoff
     )
     t_l = time.perf_counter() - clock
+    clock = time.perf_counter()
+    if args.engine == "vllm":
+        tokenizer, dtype = lm.tokenizer, str(lm.dtype).removeprefix("torch.")
+        del lm
+        torch.cuda.empty_cache()
+        res_g, answers = judge_vllm(
+            args.model, tokenizer, records, python=python, dtype=dtype, gpu_index=0,
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            cutoff=args.cutoff, max_chars=args.max_chars, gpu_memory_utilization=preset.gpu_memory_utilization,
+        )  # fmt: skip
+    else:
+        res_g, answers = judge_generate(
+            lm.model, lm.tokenizer, records, lm.device, args.max_tokens, args.max_new_tokens, args.max_chars,
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, cutoff=args.cutoff,
+        )  # fmt: skip
+    t_g = time.perf_counter() - clock
     agree = agreement(res_g.mean, res_l.mean)
     rows = [flagged_overlap(res_g.mean, res_l.mean, m) for m in args.m]
     meta = {

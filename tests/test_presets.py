@@ -41,6 +41,7 @@ TEACHER = {"temperature": 1.0, "top_p": 1.0}
 # quality_infer.py: vllm_infer's defaults, used as quality_optimization.sh calls it (no sampling flags)
 JUDGE = {
     "mode": "generate",  # quality_infer.py:131 LLM(...).generate, the first number parsed (quality_filter.py)
+    "engine": "vllm",  # quality_infer.py:29 from vllm import LLM, SamplingParams
     "temperature": 0.1,  # quality_infer.py:43
     "top_p": 0.7,  # quality_infer.py:44
     "top_k": 50,  # quality_infer.py:45

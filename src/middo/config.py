@@ -118,6 +118,22 @@ class QualityConfig:
     temperature: float = knob(0.0, "generate mode: 0 decodes greedily; above 0 samples (the reference: 0.1).", ge=0)
     top_p: float = knob(1.0, "generate mode, when sampling: nucleus mass (the reference: 0.7).", gt=0, le=1)
     top_k: int = knob(0, "generate mode, when sampling: the k likeliest tokens, 0 for all (the reference: 50).", ge=0)
+    engine: Literal["hf", "vllm"] = knob(
+        "hf",
+        "What decodes the generate judge: hf (the diagnosis's own model, any device) or vllm (the reference's "
+        "quality_infer.py; CUDA only, in a child process run by vllm_python, one GPU per torchrun process).",
+    )
+    vllm_python: str = knob(
+        "",
+        "engine vllm: the Python that runs it, from an env with vllm (e.g. .venv-vllm/bin/python; vllm pins its own "
+        "torch and is never installed into middo's env); empty: this Python.",
+    )
+    gpu_memory_utilization: float = knob(
+        0.85,
+        "engine vllm: fraction of the GPU vLLM may take (the stage's own CUDA context keeps the rest).",
+        gt=0,
+        le=1,
+    )
 
 
 @dataclass(frozen=True)

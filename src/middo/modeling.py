@@ -93,6 +93,28 @@ def adapter_rank(path: str | Path) -> int:
     return max(ranks)
 
 
+# vLLM's LoRAConfig.max_lora_rank: a Literal of these (vllm/config/lora.py); lm-eval passes 16 unless told.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(path: str | Path) -> int:
+    """The ``max_lora_rank`` vLLM needs for the adapter in ``path``: vLLM sizes its LoRA buffers for it (default 16)
+    and rejects a larger adapter, and it accepts only :data:`VLLM_LORA_RANKS`, so the rank is rounded up to the
+    next of those.
+
+    Raises:
+        MiddoError: the adapter's rank is above the largest rank vLLM accepts.
+    """
+    rank = adapter_rank(path)
+    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fitting:
+        raise MiddoError(
+            f"{path}: LoRA rank {rank} is above vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]}); "
+            "train with train.lora.merge: true (a plain checkpoint) or use the hf backend"
+        )
+    return fitting[0]
+
+
 def record_adapter_base(folder: str | Path, base: str | Path, final: str | Path | None = None) -> None:
     """Point ``folder``'s adapter at ``base`` by a path relative to ``final`` (where the folder will live once
     renamed; ``folder`` itself by default), so the pair survives a clone and ``dvc pull`` to another path; and make

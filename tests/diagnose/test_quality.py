@@ -341,7 +341,8 @@ def test_the_agreement_bench_defaults_to_the_paper_judge_and_compares_flag_sets(
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["records"] == 3
     assert printed["generate"] == {
-        "temperature": 0.1, "top_p": 0.7, "top_k": 50, "max_new_tokens": 1024, "cutoff": 4096, "max_chars": 0,
+        "engine": "vllm", "temperature": 0.1, "top_p": 0.7, "top_k": 50, "max_new_tokens": 1024, "cutoff": 4096,
+        "max_chars": 0,
     }  # fmt: skip
     # flag sets at mean - m*std (sample std): generate flags 0 and 1, logits 1 and 2 -> one shared of three
     gen = np.array([0.0, 1.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0])

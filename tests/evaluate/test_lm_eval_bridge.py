@@ -203,8 +203,8 @@ def test_vllm_gets_a_max_lora_rank_that_holds_the_adapter(tiny_checkpoint, tmp_p
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from middo.evaluate.lm_eval_bridge import VLLM_LORA_RANKS, vllm_model_args
-    from middo.modeling import record_adapter_base
+    from middo.evaluate.lm_eval_bridge import vllm_model_args
+    from middo.modeling import VLLM_LORA_RANKS, record_adapter_base
 
     adapter = tmp_path / "round_1"
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, local_files_only=True)

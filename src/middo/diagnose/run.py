@@ -10,17 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 from tqdm.auto import tqdm
 
 from middo.config import DiagnoseConfig
 from middo.dataio import write_jsonl
 from middo.dataio.atomic import atomic_write_bytes, atomic_write_text
 from middo.dataio.writers import read_records
+from middo.device import resolve_device
 from middo.diagnose.batching import windows
 from middo.diagnose.complexity import response_losses, tokenize_for_loss
 from middo.diagnose.diversity import knn_similarity, neighbour_ids, prompt_embeddings
 from middo.diagnose.embedding_map import write_embedding_map
 from middo.diagnose.quality import JUDGEMENTS, QualityResult, agreement, judge_generate, judge_logits
+from middo.diagnose.quality_vllm import check_vllm, judge_vllm, uses_vllm
 from middo.diagnose.thresholds import flag_complexity, flag_diversity, flag_quality
 from middo.distributed import Shard, from_env, local_device, write_rank_report
 from middo.errors import MiddoError
@@ -60,8 +63,42 @@ def _embeddings(lm, records, cfg, shard) -> np.ndarray:
     return _windowed(len(records), cfg, shard, "embed", score)
 
 
-def _judge(mode: str, lm, records, cfg, shard) -> QualityResult:
+def _free_gpu(lm) -> None:
+    """vLLM's child process needs the GPU memory the HF model holds; nothing uses the model after the judge."""
+    if lm.device.type == "cuda":
+        lm.model.to("meta")
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _judge_vllm(lm, records, cfg, shard, vllm: dict) -> QualityResult:
     q = cfg.quality
+    _free_gpu(lm)
+    with shard.part("quality(generate)", 0, len(records)):  # the rank report's phase: every judgement this rank sent
+        result, _ = judge_vllm(
+            vllm["model_path"],
+            lm.tokenizer,
+            records,
+            python=vllm["python"],
+            dtype=dtype_name(lm.dtype),
+            gpu_index=lm.device.index or 0,
+            max_new_tokens=q.max_new_tokens,
+            temperature=q.temperature,
+            top_p=q.top_p,
+            top_k=q.top_k,
+            cutoff=q.cutoff,
+            max_chars=q.max_chars,
+            gpu_memory_utilization=q.gpu_memory_utilization,
+            trust_remote_code=vllm["trust_remote_code"],
+            shard=shard,
+        )
+    return result
+
+
+def _judge(mode: str, lm, records, cfg, shard, vllm: dict | None = None) -> QualityResult:
+    q = cfg.quality
+    if mode == "generate" and vllm is not None:
+        return _judge_vllm(lm, records, cfg, shard, vllm)
     counts: dict[str, int] = {}
 
     def score(w, bar):
@@ -104,25 +141,29 @@ def _judge(mode: str, lm, records, cfg, shard) -> QualityResult:
     return QualityResult(scores.reshape(len(records), n_j), counts)
 
 
-def _quality(cfg, lm, records, shard, seconds: dict[str, float]):
+def _quality(cfg, lm, records, shard, seconds: dict[str, float], vllm: dict | None = None):
     """Run the configured judge mode (and the other one when comparing); returns result, summary fields.
 
-    Each mode's wall time goes to ``seconds[mode]``, not into the summary, which must not vary between runs.
+    ``vllm`` (``python``, ``model_path``, ``trust_remote_code``) sends the generate judge to vLLM, which takes the
+    HF model's GPU memory: that mode then runs last. Each mode's wall time goes to ``seconds[mode]``, not into the
+    summary, which must not vary between runs.
     """
     q = cfg.quality
-    clock = time.perf_counter()
-    result = _judge(q.mode, lm, records, cfg, shard)
-    seconds[q.mode] = time.perf_counter() - clock
+    modes = [q.mode] + (["generate" if q.mode == "logits" else "logits"] if q.compare_modes else [])
+    results: dict[str, QualityResult] = {}
+    for mode in sorted(modes, key=lambda m: vllm is not None and m == "generate"):
+        clock = time.perf_counter()
+        results[mode] = _judge(mode, lm, records, cfg, shard, vllm)
+        seconds[mode] = time.perf_counter() - clock
+    result = results[q.mode]
     info: dict = {
         "mode": q.mode,
+        "engine": q.engine if "generate" in modes else "hf",
         "status": result.status_counts,
         "unparseable": result.status_counts.get("unparseable", 0),
     }
     if q.compare_modes:
-        other_mode = "generate" if q.mode == "logits" else "logits"
-        clock = time.perf_counter()
-        other = _judge(other_mode, lm, records, cfg, shard)
-        seconds[other_mode] = time.perf_counter() - clock
+        other = results[modes[1]]
         info["other_mode_status"] = other.status_counts
         info["agreement"] = agreement(result.mean, other.mean)
     return result, info
@@ -196,6 +237,8 @@ def diagnose_dataset(
     records = read_records(data_path)
     k = cfg.diversity.k
     check_enough_samples(data_path, len(records), k)
+    # before any model is loaded: a judge that cannot run should cost seconds, not the loss passes
+    vllm_python = check_vllm(cfg.quality.vllm_python, resolve_device(device).type) if uses_vllm(cfg.quality) else None
 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -218,7 +261,10 @@ def diagnose_dataset(
     seconds["knn"] = time.perf_counter() - clock
     clock = time.perf_counter()
     mode_seconds: dict[str, float] = {}
-    quality, quality_info = _quality(cfg, cur, records, shard, mode_seconds)
+    vllm = None
+    if vllm_python is not None:
+        vllm = {"python": vllm_python, "model_path": str(current_model), "trust_remote_code": trust_remote_code}
+    quality, quality_info = _quality(cfg, cur, records, shard, mode_seconds, vllm)
     seconds["quality"] = time.perf_counter() - clock
     del cur
     gc.collect()

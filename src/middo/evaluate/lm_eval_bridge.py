@@ -126,31 +126,19 @@ def _detail(task: str, sample: dict[str, Any], metric: str) -> dict[str, Any]:
     }
 
 
-# vLLM's LoRAConfig.max_lora_rank: a Literal of these (vllm/config/lora.py); lm-eval passes 16 unless told.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
 def vllm_model_args(pretrained: str, adapter: str | None, dtype: str, seed: int) -> dict[str, Any]:
     """lm-eval's ``vllm`` model arguments; a LoRA adapter goes as ``lora_local_path`` with a ``max_lora_rank`` that
-    holds it: vLLM sizes its LoRA buffers for ``max_lora_rank`` (default 16) and rejects a larger adapter, and it
-    accepts only :data:`VLLM_LORA_RANKS`, so the adapter's rank is rounded up to the next of those.
+    holds it (:func:`middo.modeling.vllm_lora_rank`).
 
     Raises:
         MiddoError: the adapter's rank is above the largest rank vLLM accepts.
     """
-    from middo.modeling import adapter_rank
+    from middo.modeling import vllm_lora_rank
 
     args: dict[str, Any] = {"pretrained": pretrained, "dtype": dtype, "seed": seed, "batch_size": "auto"}
     if adapter is None:
         return args
-    rank = adapter_rank(adapter)
-    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
-    if not fitting:
-        raise MiddoError(
-            f"{adapter}: LoRA rank {rank} is above vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]}); "
-            "train with train.lora.merge: true (a plain checkpoint) or evaluate with the hf backend"
-        )
-    return {**args, "lora_local_path": adapter, "max_lora_rank": fitting[0]}
+    return {**args, "lora_local_path": adapter, "max_lora_rank": vllm_lora_rank(adapter)}
 
 
 def _model(model_path: str | Path, device: str, dtype: str, batch_size: int, seed: int) -> tuple[str, dict, str, str]:
