@@ -82,6 +82,12 @@ def test_the_engine_is_sized_for_the_judge_prompt_and_an_adapter_runs_as_base_pl
     assert engine["model"] == str(base_model_dir.resolve()) and engine["dtype"] == "bfloat16"
     assert engine["max_model_len"] == 4096 + 1024 and engine["gpu_memory_utilization"] == 0.8
     assert engine["tensor_parallel_size"] == 1  # quality_infer.py: one GPU per vLLM
+    window = json.loads((base_model_dir / "config.json").read_text())["max_position_embeddings"]  # SmolLM2: 8192
+    sized = lambda cutoff, new: engine_kwargs(  # noqa: E731
+        base_model_dir, "bfloat16", cutoff=cutoff, max_new_tokens=new, gpu_memory_utilization=0.8, seed=0,
+        trust_remote_code=False,
+    )[0]  # fmt: skip
+    assert sized(window, 1024)["max_model_len"] == window  # never above the model's window: vLLM would not start
     assert (
         "max_model_len"
         not in engine_kwargs(

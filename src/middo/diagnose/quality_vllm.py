@@ -103,6 +103,16 @@ def sampling_kwargs(temperature: float, top_p: float, top_k: int, max_new_tokens
     }
 
 
+def _context_window(folder: Path) -> int | None:
+    """The model's context window (``max_position_embeddings`` in ``config.json``); None when it does not say."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def engine_kwargs(
     model_path: str | Path,
     dtype: str,
@@ -117,8 +127,8 @@ def engine_kwargs(
 
     A LoRA round saved as its adapter (``train.lora.merge: false``) runs as base + adapter, as the reference passes
     ``adapter_name_or_path``; ``max_lora_rank`` is the adapter's rank rounded up to one vLLM accepts. The context is
-    the judge prompt's cutoff plus the answer (``max_model_len``), so vLLM sizes its KV cache for what is asked, not
-    for the model's whole window; cutoff 0 leaves the model's own.
+    the judge prompt's cutoff plus the answer (``max_model_len``, at most the model's own window), so vLLM sizes its
+    KV cache for what is asked, not for the model's whole window; cutoff 0 leaves the model's own.
     """
     from middo.modeling import adapter_base, vllm_lora_rank
 
@@ -135,7 +145,8 @@ def engine_kwargs(
         "disable_log_stats": True,
     }
     if cutoff > 0:
-        engine["max_model_len"] = cutoff + max_new_tokens
+        limit = _context_window(weights)  # vLLM refuses a max_model_len above the model's own window
+        engine["max_model_len"] = min(cutoff + max_new_tokens, limit) if limit else cutoff + max_new_tokens
     if base is None:
         return engine, None
     engine.update(enable_lora=True, max_lora_rank=vllm_lora_rank(model_path))
