@@ -213,6 +213,20 @@ def test_reference_merge_keeps_the_original_when_a_rewrite_is_unusable():
     _assert_counts_add_up(res, records)
 
 
+def test_reference_merge_keeps_duplicate_originals_the_reference_would_collapse():
+    """Our deviation (docs/fidelity.md, merge row): json_intersection.py intersects the remain sets keyed by
+    (instruction, output), so two originals with the same content become one; we keep both, as they came in."""
+    records, neighbors = _twenty()
+    twin = dataclasses.replace(records[19], id="r19-twin")  # r19's content under a second id, flagged on no axis
+    records = [*records, twin]
+    neighbors[twin.id] = neighbors["r19"]
+    res = _refine(records, {"complexity": C, "quality": Q, "diversity": D}, ScriptedTeacher(), neighbors=neighbors)
+    kept = [r for r in res.records if (r.instruction, r.output) == (twin.instruction, twin.output)]
+    assert [r.id for r in kept] == ["r19", "r19-twin"]
+    assert res.report["removed"] == 9 and res.report["size_after"] == len(records) - 9 + 17 == 29
+    _assert_counts_add_up(res, records)
+
+
 def test_a_new_sample_already_in_the_data_is_not_added():
     ok1 = dataclasses.replace(RECORDS[3], id=content_id(RECORDS[3].instruction, "", RECORDS[3].output))
     records = [*RECORDS[:3], ok1, RECORDS[4]]
