@@ -356,14 +356,21 @@ def judge_generate(
                 counts[status] += 1
             bar.update(len(batch))
     scores = shard.merge_rows(scores, owned)  # one process: the same array (and the rank report's rows)
-    if shard.world > 1:
-        mine = [answers[i] for i in np.flatnonzero(owned)]
-        parts = shard.gather_json({"counts": counts, "idx": np.flatnonzero(owned).tolist(), "answers": mine})
-        counts = {k: sum(p["counts"][k] for p in parts) for k in counts}
-        for p in parts:
-            for i, a in zip(p["idx"], p["answers"]):
-                answers[i] = a
+    counts = gather_answers(shard, owned, answers, counts)
     return QualityResult(scores.reshape(len(records), len(JUDGEMENTS)), counts), answers
+
+
+def gather_answers(shard: Shard, owned: np.ndarray, answers: list[str], counts: dict[str, int]) -> dict[str, int]:
+    """Fill ``answers`` with every process's decoded answers and return the status counts summed over processes
+    (one process: ``counts`` as they are). Every rank gets the whole list, as with the scores."""
+    if shard.world == 1:
+        return counts
+    idx = np.flatnonzero(owned).tolist()
+    parts = shard.gather_json({"counts": counts, "idx": idx, "answers": [answers[i] for i in idx]})
+    for p in parts:
+        for i, a in zip(p["idx"], p["answers"]):
+            answers[i] = a
+    return {k: sum(p["counts"][k] for p in parts) for k in counts}
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:

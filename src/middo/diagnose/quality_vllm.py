@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from middo.diagnose.batching import progress
-from middo.diagnose.quality import JUDGEMENTS, QualityResult, judge_ids, parse_score
+from middo.diagnose.quality import JUDGEMENTS, QualityResult, gather_answers, judge_ids, parse_score
 from middo.distributed import Shard, owned_mask
 from middo.errors import MiddoError
 from middo.records import Record
@@ -274,10 +274,5 @@ def judge_vllm(
         scores[i], status = parse_score(answers[i])
         counts[status] += 1
     scores = shard.merge_rows(scores, owned)
-    if shard.world > 1:
-        parts = shard.gather_json({"counts": counts, "idx": wanted, "answers": [answers[i] for i in wanted]})
-        counts = {k: sum(p["counts"][k] for p in parts) for k in counts}
-        for p in parts:
-            for i, a in zip(p["idx"], p["answers"]):
-                answers[i] = a
+    counts = gather_answers(shard, owned, answers, counts)
     return QualityResult(scores.reshape(len(records), n_j), counts), answers
