@@ -158,10 +158,11 @@ def _quality(cfg, lm, records, shard, seconds: dict[str, float], vllm: dict | No
     result = results[q.mode]
     info: dict = {
         "mode": q.mode,
-        "engine": q.engine if "generate" in modes else "hf",
         "status": result.status_counts,
         "unparseable": result.status_counts.get("unparseable", 0),
     }
+    if vllm is not None:  # said only when vLLM decoded: an HF diagnosis's summary stays as the reference run's
+        info["engine"] = "vllm"
     if q.compare_modes:
         other = results[modes[1]]
         info["other_mode_status"] = other.status_counts
