@@ -217,10 +217,8 @@ def test_loop_end_to_end(project, env, tmp_path):
 
     # the control experiment of docs/evaluation.md: the same loop with random selection, queued and run by DVC's
     # queue, then judged against Middo's round 1 item by item (so the queue runs it up to evaluate@1)
-    dvc(
-        "exp", "run", "--queue", "-n", "random-control", "-S", "refine.selection=random", "evaluate@1",
-        cwd=project, env=env,
-    )  # fmt: skip
+    queued = ["--queue", "-n", "random-control", "-S", "refine.selection=random", "evaluate@1"]
+    dvc("exp", "run", *queued, cwd=project, env=env)
     dvc("queue", "start", "--jobs", "1", cwd=project, env=env)
     deadline = time.monotonic() + 1200
     while time.monotonic() < deadline:
