@@ -1,18 +1,82 @@
+import contextlib
+import hashlib
 import json
 
+import gguf
 import pytest
 import torch
 
-from middo.base_model import BaseModelError, embedded_gguf, load_gguf, materialise
+from middo import base_model
+from middo.base_model import BaseModelError, embedded_gguf, gguf_parsed_once, load_gguf, materialise
+
+
+def convert_counting(out):
+    """Convert the embedded model into ``out``, counting the GGUF parses and tensor-name maps gguf-py really builds
+    (counted at their constructors, beneath any memo, so a transformers that bypasses the memo shows up here)."""
+    counts = {"GGUFReader": 0, "TensorNameMap": 0}
+
+    def counting(cls):
+        init = cls.__init__
+
+        def counted(self, *args, **kwargs):
+            counts[cls.__name__] += 1
+            init(self, *args, **kwargs)
+
+        return counted
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gguf.GGUFReader, "__init__", counting(gguf.GGUFReader))
+        mp.setattr(gguf.TensorNameMap, "__init__", counting(gguf.TensorNameMap))
+        materialise("embedded:smollm2-135m-instruct", out, False, "auto", False)
+    return out, counts
+
+
+def file_hashes(folder):
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Converted here and now, once for this module, not the ``base_model_dir`` fixture's folder: that one is reused
+    across runs, so on a warm machine it would be whatever an older converter wrote (~35 s on a 2-core CPU)."""
+    return convert_counting(tmp_path_factory.mktemp("converted") / "base")
 
 
 @pytest.mark.slow
-def test_converted_logits_equal_gguf(tmp_path):
-    """Converted here and now, not the ``base_model_dir`` fixture's folder: that one is reused across runs, so on a
-    warm machine it would be whatever an older converter wrote (~25 s on a 2-core CPU)."""
+def test_conversion_parses_the_gguf_once(converted):
+    _, counts = converted
+    assert counts == {"GGUFReader": 1, "TensorNameMap": 1}
+
+
+@pytest.mark.slow
+def test_conversion_is_byte_identical_to_the_plain_path(converted, tmp_path, monkeypatch):
+    """The memo only shares what transformers reads, so every file must equal a conversion without it (~60 s)."""
+    folder, _ = converted
+    monkeypatch.setattr(base_model, "gguf_parsed_once", contextlib.nullcontext)
+    plain, plain_counts = convert_counting(tmp_path / "plain")
+    assert plain_counts["GGUFReader"] > 1  # else the memo guards nothing and the counter above proves nothing
+    hashes = file_hashes(folder)
+    assert "model.safetensors" in hashes
+    assert hashes == file_hashes(plain)
+
+
+def test_gguf_memo_is_scoped_to_its_block():
+    real = gguf.GGUFReader, gguf.get_tensor_name_map
+    with pytest.raises(KeyError), gguf_parsed_once():
+        assert (gguf.GGUFReader, gguf.get_tensor_name_map) != real
+        raise KeyError("conversion failed")
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == real
+
+
+@pytest.mark.slow
+def test_converted_logits_equal_gguf(converted):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_model_dir = materialise("embedded:smollm2-135m-instruct", tmp_path / "base", False, "auto", False)
+    base_model_dir, _ = converted
     gguf_model, gguf_tok = load_gguf(*embedded_gguf("smollm2-135m-instruct"))
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(base_model_dir, local_files_only=True)

@@ -7,8 +7,12 @@ the dequantised state dict into it. Every later stage then loads a normal safete
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from middo.chat_template import make_tokenizer_portable, set_chat_template
@@ -57,12 +61,44 @@ def load_gguf(folder: Path, filename: str, dtype=None):
     return model, tokenizer
 
 
+@contextlib.contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """While active, each GGUF file is parsed once and gguf-py's tensor-name map is built once per architecture.
+
+    transformers 5.24 reads a llama GGUF through its legacy ``load_gguf_checkpoint`` three times (the tokenizer's
+    config, the model's config, the weights), each building a fresh ``gguf.GGUFReader`` that spends ~6.9 s decoding
+    the 49k-token vocabulary; and ``get_gguf_hf_weights_map`` calls ``gguf.get_tensor_name_map`` once per module
+    (397 times, 23 ms each) with the same arguments: ~30 s of the stage on a 2-core CPU (46-48 s -> 22-32 s). No API
+    passes a parsed file along, so this memoises both where transformers looks them up at call time (attributes of
+    the ``gguf`` package). Both are read-only there, so sharing them changes no output byte. The patch is
+    process-wide, so it is scoped to one conversion; ``tests/test_base_model.py`` counts the parses and fails if
+    transformers stops going through these two names.
+    """
+    import gguf
+
+    real_reader, real_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], object] = {}
+
+    def reader(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = real_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(real_name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_name_map
+
+
 def convert_gguf(folder: Path, filename: str, out: Path) -> None:
     """Write a GGUF model as safetensors + tokenizer into ``out`` (which must not exist yet)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    gguf_model, tokenizer = load_gguf(folder, filename, torch.float32)
+    with gguf_parsed_once():
+        gguf_model, tokenizer = load_gguf(folder, filename, torch.float32)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
