@@ -132,3 +132,51 @@ def test_evaluate_model_writes_flat_metrics(base_model_dir, tmp_path, one_torch_
     assert details_path(out).name == "eval_round_0_details.jsonl"
     assert [r["suite"] for r in rows] == ["hellaswag"] * 2 + ["gsm8k"] * 2
     assert all(isinstance(r["correct"], bool) for r in rows)
+
+
+@pytest.mark.slow
+def test_generative_suites_share_one_generate_call_and_each_scores_its_own_answers(
+    base_model_dir, tmp_path, monkeypatch, one_torch_thread
+):
+    # the real model, its generate wrapped only to count calls and to record which answer each prompt got
+    from middo import modeling
+
+    real_load = modeling.load_model
+    calls: list[int] = []
+    answer_to: dict[tuple[int, ...], str] = {}  # prompt token ids (padding dropped) -> decoded answer
+    loaded = []
+
+    def load_and_count(*args, **kwargs):
+        lm = real_load(*args, **kwargs)
+        generate = lm.model.generate
+
+        def counted(*, input_ids, attention_mask, **kw):
+            out = generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
+            calls.append(len(input_ids))
+            for row in range(len(input_ids)):
+                ids = tuple(input_ids[row][attention_mask[row].bool()].tolist())
+                answer_to[ids] = lm.tokenizer.decode(out[row, input_ids.shape[1] :], skip_special_tokens=True)
+            return out
+
+        lm.model.generate = counted
+        loaded.append(lm)
+        return lm
+
+    monkeypatch.setattr(modeling, "load_model", load_and_count)
+    suites, options = ["gsm8k", "hellaswag", "math500", "mmlu"], {"mmlu": {"mode": "generate"}}
+    out = tmp_path / "eval.json"
+    result = evaluate_model(
+        base_model_dir, suites, 2, out, "cpu", "float32", 12, 42, bootstrap=50, suite_options=options
+    )
+    # one call for the 6 prompts of gsm8k, math500 and mmlu (they fit one batch); hellaswag generates nothing
+    assert calls == [6] and result["generation"]["prompts"] == 6
+    rows = [json.loads(line) for line in details_path(out).read_text().splitlines()]
+    tok = loaded[0].tokenizer
+    seen = []
+    for name in ("gsm8k", "math500", "mmlu"):
+        prompts = SUITES[name].prompts(SUITES[name].load(2, 42), **options.get(name, {}))
+        expected = [answer_to[tuple(chat_ids(tok, p))] for p in prompts]
+        assert [r["completion"] for r in rows if r["suite"] == name] == expected, name
+        seen += expected
+    assert len(set(seen)) == len(seen)  # distinct answers: a mapping that mixes suites or items cannot pass
+    assert [r["suite"] for r in rows] == [s for s in suites for _ in range(2)]

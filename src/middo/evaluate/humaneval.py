@@ -15,6 +15,7 @@ import resource
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -156,6 +157,11 @@ def grade(
     return {"id": item["task_id"], "correct": res["passed"], "status": res["status"], "completion": completion}
 
 
+def prompts(items: list[dict[str, Any]], **_options: Any) -> list[str]:
+    """The user messages :func:`score` answers (the sandbox options do not change them)."""
+    return [PROMPT.format(prompt=it["prompt"]) for it in items]
+
+
 def score(
     lm,
     items: list[dict[str, Any]],
@@ -163,6 +169,7 @@ def score(
     timeout: float = 5.0,
     workers: int | None = None,
     sandbox: sandboxing.Mode = "required",
+    completions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Generate one greedy completion per problem and run them, ``workers`` sandboxes at a time.
 
@@ -173,14 +180,15 @@ def score(
         timeout: seconds per program.
         workers: parallel sandboxes (default: CPU count).
         sandbox: ``eval.humaneval.sandbox``; checked before generating, so a refusal costs no model time.
+        completions: answers already generated for :func:`prompts` (``evaluate_model`` pools the generation of
+            every suite into one call); None generates them here.
 
     Returns:
         ``{"accuracy", "n", "results"}``.
     """
     preflight(sandbox)  # a second warning under evaluate_model is cheaper than a silent library call
-    completions = greedy_generate(
-        lm, [PROMPT.format(prompt=it["prompt"]) for it in items], max_new_tokens, desc="humaneval"
-    )
+    if completions is None:
+        completions = greedy_generate(lm, prompts(items), max_new_tokens, desc="humaneval")
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         results = list(
             pool.map(lambda pair: grade(pair[0], pair[1], timeout, sandbox), zip(completions, items, strict=True))

@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import types
+from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -201,9 +202,21 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def score(lm, items: list[dict[str, Any]], max_new_tokens: int = 256) -> dict[str, Any]:
-    """Greedy replies to every prompt, graded strictly; adds instruction-level accuracy too."""
-    completions = greedy_generate(lm, [it["prompt"] for it in items], max_new_tokens, desc="ifbench")
+def prompts(items: list[dict[str, Any]], **_options: Any) -> list[str]:
+    """The user messages :func:`score` answers: each item's prompt as written."""
+    return [it["prompt"] for it in items]
+
+
+def score(
+    lm, items: list[dict[str, Any]], max_new_tokens: int = 256, completions: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Greedy replies to every prompt, graded strictly; adds instruction-level accuracy too.
+
+    ``completions``: replies already generated for :func:`prompts` (``evaluate_model`` pools the generation of every
+    suite into one call); None generates them here.
+    """
+    if completions is None:
+        completions = greedy_generate(lm, prompts(items), max_new_tokens, desc="ifbench")
     out = aggregate([grade(c, it) for c, it in zip(completions, items, strict=True)])
     out["nltk_data"] = ensure_nltk_data()
     return out

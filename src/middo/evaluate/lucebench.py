@@ -13,6 +13,7 @@ official test/validation splits with ``random.Random(42)``), read through lucebe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from middo.evaluate.generation import ChoiceScores, batch_choice_loglik, greedy_generate
@@ -53,10 +54,21 @@ def grade_gsm8k(completion: str, item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def score_gsm8k(lm, items: list[dict[str, Any]], max_new_tokens: int = 256) -> dict[str, Any]:
-    """Greedy step-by-step answers, graded with :func:`grade_gsm8k`."""
-    prompts = [GSM8K_PROMPT.format(question=it["prompt"]) for it in items]
-    completions = greedy_generate(lm, prompts, max_new_tokens, desc="gsm8k")
+def gsm8k_prompts(items: list[dict[str, Any]], **_options: Any) -> list[str]:
+    """The user messages :func:`score_gsm8k` answers (no option changes them)."""
+    return [GSM8K_PROMPT.format(question=it["prompt"]) for it in items]
+
+
+def score_gsm8k(
+    lm, items: list[dict[str, Any]], max_new_tokens: int = 256, completions: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Greedy step-by-step answers, graded with :func:`grade_gsm8k`.
+
+    ``completions``: answers already generated for :func:`gsm8k_prompts` (``evaluate_model`` pools the generation
+    of every suite into one call); None generates them here.
+    """
+    if completions is None:
+        completions = greedy_generate(lm, gsm8k_prompts(items), max_new_tokens, desc="gsm8k")
     return summarize([grade_gsm8k(c, it) for c, it in zip(completions, items, strict=True)])
 
 

