@@ -4,6 +4,11 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Every stage (and every test's subprocess) is a new Python process importing torch, transformers and TRL: Python keeps
+# their compiled bytecode (__pycache__) from the first import on, unless PYTHONDONTWRITEBYTECODE is set, as container
+# images often do. Then each process compiles them again: 20 s instead of 7.5 s to import the train stage's modules on
+# the 2-core box, about 12 s more per stage of the demo (docs/benchmarks.md). The recipes run without it.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup sandbox demo test test-fast lint clean-venv lock mutate exp
 
@@ -35,7 +40,7 @@ TORCH_VERSION := 2.13.0
 # mirror without it) pip does the same steps; `make setup UV_VERSION=` uses pip only. uv reads no pip config, so it
 # gets pip's find-links (PIP_FIND_LINKS, else pip.conf), where the CPU torch wheel lies. No --compile-bytecode: it
 # compiles all ~26k files of the venv (~100 s here); Python compiles the few thousand a stage imports on first use
-# and keeps the .pyc for the next stage.
+# and keeps the .pyc for the next stage (PYTHONDONTWRITEBYTECODE is unexported above).
 UV_VERSION ?= 0.13.8
 FIND_LINKS = $${PIP_FIND_LINKS:-$$($(PY) -m pip config get global.find-links 2>/dev/null)}
 $(VENV)/.middo-installed: pyproject.toml requirements-cpu.lock
