@@ -21,4 +21,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(run("base_model", main))
+    raise SystemExit(run("base_model", main, fast_exit=True))

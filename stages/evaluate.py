@@ -21,4 +21,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(run("evaluate", main))
+    raise SystemExit(run("evaluate", main, fast_exit=True))

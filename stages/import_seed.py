@@ -25,4 +25,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(run("import_seed", main))
+    raise SystemExit(run("import_seed", main, fast_exit=True))

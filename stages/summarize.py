@@ -31,4 +31,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(run("summarize", main))
+    raise SystemExit(run("summarize", main, fast_exit=True))

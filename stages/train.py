@@ -32,4 +32,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(run("train", main))
+    raise SystemExit(run("train", main, fast_exit=True))

@@ -73,16 +73,51 @@ def relaunched_under_torchrun(processes: int | str, device: str = "auto") -> boo
     return True
 
 
-def run(name: str, main: Callable[[], object]) -> int:
-    """Call ``main``; a MiddoError becomes ``<name>: error: ...`` on stderr and exit status 2 (no traceback)."""
+def run(name: str, main: Callable[[], object], *, fast_exit: bool = False) -> int:
+    """Call ``main``; a MiddoError becomes ``<name>: error: ...`` on stderr and exit status 2 (no traceback).
+
+    Args:
+        name: the stage, for the error line.
+        main: the stage's work.
+        fast_exit: end the process here once ``main`` is done (:func:`exit_now`). The stage scripts ask for it;
+            in-process callers leave it off and get the exit status back.
+    """
     try:
         main()
+        code = 0
     except MiddoError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     finally:
         _leave_process_group()
-    return 0
+    if fast_exit:
+        exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` without tearing down every imported module one by one.
+
+    A stage imports thousands of modules (torch, transformers, TRL); the interpreter's teardown of them takes ~1.2 s
+    on the 2-core box, paid by each of the demo's stages (docs/benchmarks.md). The outputs are already written
+    (atomically) when this runs; what normal exit would still do is done first: the ``atexit`` handlers (temporary
+    directories, logging) run and the streams are flushed. Where a non-daemon thread is still alive, or outside
+    CPython, nothing is skipped: this returns and the process exits normally, waiting for it.
+    """
+    import atexit
+    import threading
+
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    main = threading.main_thread()
+    if run_exitfuncs is None or any(t is not main and not t.daemon for t in threading.enumerate()):
+        return
+    run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can be written to it anyway
+            pass
+    os._exit(code)
 
 
 def _leave_process_group() -> None:
