@@ -103,7 +103,7 @@ PIPELINE = {
         name: {
             "cmd": f"python step.py {name} {src} {dst}",
             "deps": ["step.py", src],
-            **({"params": ["scale"]} if name == "prepare" else {}),
+            **({"params": {"prepare": ["scale"], "train": ["base.dtype"]}[name]} if name != "evaluate" else {}),
             "outs": [dst, {f"metrics/env/{name}.json": {"cache": False}}],
             "metrics": [{f"metrics/{name}.json": {"cache": False}}],
         }
@@ -114,6 +114,9 @@ PIPELINE = {
         )  # fmt: skip
     }
 }
+
+
+PARAMS = "scale: 2\nbase:\n  dtype: auto\n"  # train reads base.dtype, as middo's model stages do
 
 
 def _run(repo: Path, *cmd: str, **env: str) -> subprocess.CompletedProcess:
@@ -131,7 +134,7 @@ def reference(tmp_path_factory) -> Path:
     _run(repo, "dvc", "init", "-q")
     (repo / "step.py").write_text(STEP)
     (repo / "seed.txt").write_text("seed ")
-    (repo / "params.yaml").write_text("scale: 2\n")
+    (repo / "params.yaml").write_text(PARAMS)
     (repo / "dvc.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
     _run(repo, "dvc", "repro", "-q")
     _run(repo, "git", "add", "-A")
@@ -183,7 +186,7 @@ def test_another_dtype_differs_only_where_the_machine_differs_and_another_librar
 def test_an_edited_param_is_named_as_the_cause_and_not_reproduced(reference, tmp_path):
     repo = tmp_path / "clone"
     shutil.copytree(reference, repo, symlinks=True)
-    (repo / "params.yaml").write_text("scale: 3\n")
+    (repo / "params.yaml").write_text(PARAMS.replace("scale: 2", "scale: 3"))
     _run(repo, "dvc", "repro", "-q")
     out = _verify(repo)
     assert out.returncode == 1
@@ -199,4 +202,34 @@ def test_a_difference_with_identical_inputs_and_env_is_not_reproduced(reference,
     assert out.stdout.splitlines()[-1] == (
         "NOT reproduced: train: its inputs are identical to the reference's and so is its env: the stage is not "
         "deterministic (a bug)"
+    )
+
+
+@pytest.mark.slow
+def test_base_dtype_set_where_the_reference_ran_auto_is_judged_by_what_the_env_record_says_it_resolved_to(
+    reference, tmp_path
+):
+    # base.dtype: float32 on a bfloat16 CPU is how docs/reproducibility.md compares across CPU types: the setting is
+    # not an edited input, the env record says what it resolved to (float32 here, bfloat16 in the reference)
+    repo = tmp_path / "clone"
+    shutil.copytree(reference, repo, symlinks=True)
+    (repo / "params.yaml").write_text(PARAMS.replace("dtype: auto", "dtype: float32"))
+    _run(repo, "dvc", "repro", "-q", TEST_DTYPE="float32")
+    out = _verify(repo)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1] == (
+        "first stage that differs: train: its inputs are identical to the reference's but for the machine settings "
+        "(base.dtype auto in the reference, float32 here); the machine differs (dtype bfloat16 in the reference, "
+        "float32 here): a kernel or dtype difference, not the code's"
+    )
+    assert lines[-1].startswith("differs only where the machine differs (train: dtype bfloat16 in the reference")
+
+    # the setting excuses only what the env record explains: the same env and another result is still a bug
+    _run(repo, "dvc", "repro", "-q", "-f", "train", TEST_NOISE="!")  # base.dtype: float32, run in bfloat16 as before
+    out = _verify(repo)
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[-1] == (
+        "NOT reproduced: train: its inputs are identical to the reference's but for the machine settings "
+        "(base.dtype auto in the reference, float32 here) and so is its env: the stage is not deterministic (a bug)"
     )

@@ -7,6 +7,8 @@ downstream of the first difference differs too. So the stages are walked in pipe
 outputs differ is explained by what differs before it:
 
 - an input (code, data, params) that no earlier stage produced: the user changed something, not reproduced;
+  except the machine settings (``base.dtype``, ``base.device``): ``base.dtype: float32`` where the reference ran
+  ``auto`` is how one compares across CPU types, so those are judged by what the env record says they resolved to;
 - an input an earlier stage produced: it follows from that stage;
 - nothing in its inputs, but its env record (:mod:`middo.provenance`, ``metrics/round_R/env/``) names another
   device, dtype or CPU flags: the machine differs, which is expected and exits 0 with the reason;
@@ -33,6 +35,11 @@ VOLATILE = {
 }
 ENV_RECORD = "*/env/*.json"  # a stage's env record among its outs (provenance.env_path)
 
+# Params that choose the machine's settings rather than the computation: where only these differ, the stage is judged
+# by its env record (the device and dtype they resolved to, the CPU), not as an edited input. Without this, the
+# documented way to compare a bfloat16 CPU with a float32 reference (base.dtype: float32) ends in "NOT reproduced".
+MACHINE_PARAMS = ("base.dtype", "base.device")
+
 REPRODUCED = "reproduced"
 MACHINE = "differs only where the machine differs"
 NOT_REPRODUCED = "NOT reproduced"
@@ -57,6 +64,7 @@ class StageFinding:
     cause: str  # "input", "upstream", "machine", "software", "no env record", "unexplained"
     inputs: list[str] = field(default_factory=list)  # the differing inputs (cause input or upstream)
     env: list[tuple[str, object, object]] = field(default_factory=list)  # (field, reference, here)
+    settings: list[tuple[str, object, object]] = field(default_factory=list)  # MACHINE_PARAMS that differ
 
     @property
     def explained(self) -> bool:
@@ -180,8 +188,9 @@ def compare_locks(reference: dict, current: dict, ref_env=None, cur_env=None) ->
 
 def _explain(name, differ, st: StageLock, here: StageLock, stages, ref_env, cur_env) -> StageFinding:
     changed = sorted(p for p in st.deps.keys() | here.deps.keys() if st.deps.get(p) != here.deps.get(p))
-    keys = st.params.keys() | here.params.keys()
-    changed += sorted(f"param {k.split(':', 1)[1]}" for k in keys if st.params.get(k, st) != here.params.get(k, st))
+    keys = sorted(k for k in st.params.keys() | here.params.keys() if st.params.get(k, st) != here.params.get(k, st))
+    settings = [(k.split(":", 1)[1], st.params.get(k), here.params.get(k)) for k in keys if _is_setting(k)]
+    changed += [f"param {k.split(':', 1)[1]}" for k in keys if not _is_setting(k)]
     own = [p for p in changed if p.startswith("param ") or not _producers(stages, p, name)]
     if own:
         return StageFinding(name, differ, "input", own)
@@ -189,12 +198,17 @@ def _explain(name, differ, st: StageLock, here: StageLock, stages, ref_env, cur_
         return StageFinding(name, differ, "upstream", changed)
     ref_record, cur_record = ref_env.get(st.env_path), cur_env.get(st.env_path)
     if ref_record is None or cur_record is None:
-        return StageFinding(name, differ, "no env record")
+        return StageFinding(name, differ, "no env record", settings=settings)
     env = env_differences(ref_record, cur_record)
     if not env:
-        return StageFinding(name, differ, "unexplained")
+        return StageFinding(name, differ, "unexplained", settings=settings)
     cause = "machine" if all(_is_machine(f) for f, _, _ in env) else "software"
-    return StageFinding(name, differ, cause, env=env)
+    return StageFinding(name, differ, cause, env=env, settings=settings)
+
+
+def _is_setting(param_key: str) -> bool:
+    """Whether a flattened ``file:key`` param is one of :data:`MACHINE_PARAMS`."""
+    return param_key.split(":", 1)[-1] in MACHINE_PARAMS
 
 
 def _show(value: object) -> str:
@@ -215,6 +229,8 @@ def _why(f: StageFinding) -> str:
     if f.cause == "upstream":
         return f"follows from its inputs, made by earlier stages: {', '.join(f.inputs)}"
     same = "its inputs are identical to the reference's"
+    if f.settings:
+        same += f" but for the machine settings ({_fields(f.settings)})"
     if f.cause == "machine":
         return f"{same}; the machine differs ({_fields(f.env)}): a kernel or dtype difference, not the code's"
     if f.cause == "software":
