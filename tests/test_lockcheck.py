@@ -98,12 +98,13 @@ model_dtype = dtype if stage != "prepare" else "n/a"
 write_metrics(f"metrics/{stage}.json", {stage: {"size": len(text)}}, environment("cpu", model_dtype))
 """
 
+PARAMS_READ = {"prepare": ["scale"], "train": ["base.dtype"]}  # train reads base.dtype, as middo's model stages do
 PIPELINE = {
     "stages": {
         name: {
             "cmd": f"python step.py {name} {src} {dst}",
             "deps": ["step.py", src],
-            **({"params": {"prepare": ["scale"], "train": ["base.dtype"]}[name]} if name != "evaluate" else {}),
+            **({"params": PARAMS_READ[name]} if name in PARAMS_READ else {}),
             "outs": [dst, {f"metrics/env/{name}.json": {"cache": False}}],
             "metrics": [{f"metrics/{name}.json": {"cache": False}}],
         }
@@ -116,7 +117,7 @@ PIPELINE = {
 }
 
 
-PARAMS = "scale: 2\nbase:\n  dtype: auto\n"  # train reads base.dtype, as middo's model stages do
+PARAMS = "scale: 2\nbase:\n  dtype: auto\n"
 
 
 def _run(repo: Path, *cmd: str, **env: str) -> subprocess.CompletedProcess:
@@ -226,7 +227,7 @@ def test_base_dtype_set_where_the_reference_ran_auto_is_judged_by_what_the_env_r
     assert lines[-1].startswith("differs only where the machine differs (train: dtype bfloat16 in the reference")
 
     # the setting excuses only what the env record explains: the same env and another result is still a bug
-    _run(repo, "dvc", "repro", "-q", "-f", "train", TEST_NOISE="!")  # base.dtype: float32, run in bfloat16 as before
+    _run(repo, "dvc", "repro", "-q", "-f", "train", TEST_NOISE="!")  # float32 set, bfloat16 run: env as the reference
     out = _verify(repo)
     assert out.returncode == 1
     assert out.stdout.splitlines()[-1] == (
