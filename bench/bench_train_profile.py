@@ -1,6 +1,6 @@
 """Where the train stage's time goes, and the demo's training before/after, against the CPU's compute floor.
 
-    .venv/bin/python bench/bench_train_profile.py              # 3 rounds x {float32, bfloat16} x {before, after}
+    .venv/bin/python bench/bench_train_profile.py    # 3 rounds x {float32, bfloat16} x {before, trl-head, after}
     .venv/bin/python bench/bench_train_profile.py --reps 1 --dtypes float32 --variants before   # one profile
 
 Each run is a fresh subprocess (so the first step's warm-up and the imports are counted, as in ``dvc repro``) that
@@ -14,7 +14,8 @@ the matmul rate at the dtype the model computes in, so the floor (6 x parameters
 BLAS here is MKL), ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``ATEN_CPU_CAPABILITY=avx2`` (torch's own vector kernels). Variants
 alternate inside each round (before, after; the next round after, before) so that other work on the machine hits
 both alike; the report gives the median of the rounds. ``before`` is ``train.padding_free: false`` (the default);
-``after`` is ``true``.
+``trl-head`` is ``true`` with TRL's own loss (its fused LM head, which on a CPU projects every position); ``after`` is
+``true`` with the train stage's CPU loss, which projects the response positions alone (:mod:`middo.response_loss`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 AVX2 = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-VARIANTS = {"before": {"padding_free": False}, "after": {"padding_free": True}}
+# name: (train config changes, the CPU loss from the response positions' logits alone: middo.response_loss)
+VARIANTS = {
+    "before": ({"padding_free": False}, True),  # padded batches: several rows, so TRL's loss path either way
+    "trl-head": ({"padding_free": True}, False),  # padding-free, TRL's fused LM head (its CPU fallback)
+    "after": ({"padding_free": True}, True),  # what the train stage runs
+}
 PHASES = (
     "imports",
     "model_load",
@@ -95,7 +101,8 @@ def child(args) -> dict:
     measure_matmul_flops("cpu", dtype, n=1024, repeats=20)  # again, in CPU seconds: 21 products (warm-up included)
     cpu_flops = 2.0 * 1024**3 * 21 / (time.process_time() - cpu_start)
     params = load_params(args.params)
-    cfg = replace(params.train, max_steps=args.steps, **VARIANTS[args.variant])
+    changes, response_logits_only = VARIANTS[args.variant]
+    cfg = replace(params.train, max_steps=args.steps, **changes)
     records = bench_records(args.samples)
     load = AutoModelForCausalLM.from_pretrained
     AutoModelForCausalLM.from_pretrained = timer.wrap("model_load", load)
@@ -106,6 +113,7 @@ def child(args) -> dict:
     timer.add("trainer_other", time.perf_counter() - start - timer.total["model_load"] - timer.total["tokenize"])
     AutoModelForCausalLM.from_pretrained = load
     trainer.data_collator = timer.wrap("collate", trainer.data_collator)
+    trainer.response_logits_only = response_logits_only
     live = mt.LiveCurves(out / "live")
     live.on_log = timer.wrap("dvclive", live.on_log)
     live.on_train_end = timer.wrap("dvclive", live.on_train_end)
@@ -187,7 +195,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--variants", default="before,after")
+    ap.add_argument("--variants", default="before,trl-head,after")
     ap.add_argument("--samples", type=int, default=32, help="seed records (the demo's data.limit)")
     ap.add_argument("--steps", type=int, default=-1, help="train.max_steps (-1: the whole epoch, as the demo)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -109,7 +109,9 @@ def build_trainer(
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from middo.response_loss import ResponseLogitsSFTTrainer
 
     check_gpu_paths(cfg)
     dev = resolve_device(device)
@@ -174,7 +176,7 @@ def build_trainer(
     )
     # tokenized and cut here by the rule loss scoring uses (keep the response, trim the prompt), not TRL's keep_start
     dataset = Dataset.from_list(training_rows(tokenizer, records, cfg.max_length))
-    trainer = SFTTrainer(
+    trainer = ResponseLogitsSFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
     if cfg.lora.enabled and cfg.pure_bf16 and dt == torch.bfloat16 and not cfg.deepspeed:
