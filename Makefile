@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 # the 2-core box, about 12 s more per stage of the demo (docs/benchmarks.md). The recipes run without it.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup sandbox demo test test-fast lint clean-venv lock mutate exp
+.PHONY: setup sandbox demo test test-fast lint clean-venv lock mutate exp exp-dvc
 
 setup: $(VENV)/.middo-installed sandbox
 
@@ -81,10 +81,15 @@ lock:
 demo: setup
 	dvc repro
 
-# The experiment table people read: average accuracy per round, sizes, flagged samples and the rounds params, one
-# row per experiment (11 columns for the demo). `dvc exp show` alone lists every metric, param and dep (365 columns).
+# The experiment table people read: `middo exp`, a line per experiment and round (samples, flagged, train loss,
+# average accuracy and its interval, the params each experiment changed), 143 characters wide on the demo whatever the
+# number of rounds. `dvc exp show` alone lists every metric, param and dep (368 columns, 17,000 characters).
+# `make exp-dvc` is DVC's own table cut to a few columns by --drop/--keep (EXP_COLUMNS, a regex), a column per round.
 EXP_COLUMNS ?= ^Experiment$$|^Created$$|.*eval.json:average$$|.*refine.json:refine.size_after$$|.*diagnose.json:.*flagged.any$$|^rounds\.
 exp:
+	middo exp
+
+exp-dvc:
 	dvc exp show --no-pager --md --drop '.*' --keep '$(EXP_COLUMNS)'
 
 test: setup

@@ -53,4 +53,6 @@ def test_fast_exit_runs_atexit_handlers_and_flushes_then_ends_with_the_stage_sta
 
 def test_fast_exit_waits_like_a_normal_exit_while_a_non_daemon_thread_runs(tmp_path):
     out, marker = _stage(tmp_path, "thread")
-    assert (out.returncode, marker, out.stdout[-5:], len(out.stdout)) == (10, "thread atexit ", "xtail", 100_004), out.stderr
+    assert (out.returncode, marker, out.stdout[-5:], len(out.stdout)) == (10, "thread atexit ", "xtail", 100_004), (
+        out.stderr
+    )

@@ -1,6 +1,6 @@
 """The ``middo`` command: tools around the pipeline (validate and apply params, compare dataset versions, tell a
 real accuracy change from noise, check a run against the committed ``dvc.lock``, plan a refine round's teacher
-requests and cost before paying for them).
+requests and cost before paying for them, read the experiments round by round).
 
 The pipeline's steps are the ``stages/*.py`` scripts that ``dvc.yaml`` runs; run one by hand with the same command
 line (``python stages/train.py --help``), or ``dvc repro STAGE``.
@@ -102,6 +102,12 @@ def _verify_lock(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def _exp(args: argparse.Namespace) -> None:
+    from middo.exp_table import dvc_exp_show, render, table_rows
+
+    print(render(table_rows(dvc_exp_show(args.repo, args.dvc_args)), markdown=args.md), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="middo",
@@ -180,8 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", default=".")
     p.set_defaults(func=_verify_lock)
 
+    p = sub.add_parser(
+        "exp",
+        help="the experiment table in long form: a line per experiment and round, as narrow as a terminal",
+        description="Run `dvc exp show --json` and print one line per experiment (the workspace, each commit, each "
+        "experiment) and round: samples trained on, flagged samples, train loss, average accuracy and its 95% "
+        "interval, and beside each experiment the params it changed from the commit it ran from (the workspace: "
+        "from HEAD). Its width does not grow with the rounds. More `dvc exp show` options after --, e.g. "
+        "`middo exp -- -A`.",
+    )
+    p.add_argument("--md", action="store_true", help="a Markdown table")
+    p.add_argument("--repo", default=".")
+    p.add_argument("dvc_args", nargs="*", help="options passed on to `dvc exp show` (after --)")
+    p.set_defaults(func=_exp)
+
     for name, p in sub.choices.items():
-        if name == "params":
+        if name in ("params", "exp"):
             continue
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return parser

@@ -180,3 +180,54 @@ def test_metrics_diff_compares_a_new_run_with_the_committed_reference(demo, tmp_
     assert header[:2] == ["rev", "Created"]
     assert all(c.startswith("metrics/round_2/eval.json:") for c in header[2:]), header
     assert len(header[2:]) == 3 * len(suites) + 3  # accuracy, interval low and high per suite; the average's three
+
+
+@pytest.mark.slow
+def test_middo_exp_reads_each_experiment_round_by_round_in_a_terminal_wide_table(demo, tmp_path):
+    repo = tmp_path / "exp"
+    shutil.copytree(demo, repo)
+    # `dvc exp save` commits the pipeline's outputs, which the fixture has not: the same params and metrics files
+    # declared at the top level of a dvc.yaml without stages
+    files = sorted(str(p.relative_to(repo)) for p in repo.glob("metrics/round_*/*.json"))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"params": ["params.yaml"], "metrics": files}))
+    _git(repo, "commit", "-qam", "no stages")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    suites = params["eval"]["suites"]
+    params["refine"]["merge"] = "model"
+    params["base"]["seed"] = 7
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _eval(repo / "metrics/round_2/eval.json", suites, right=4)
+    saved = _dvc(repo, "exp", "save", "-n", "tweaked")
+    assert saved.returncode == 0, saved.stderr
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "middo", "exp"], cwd=repo, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    print(out.stdout)
+    assert lines[0].split() == ["experiment", "round", "samples", "flagged", "train", "loss", "average", "95%", "low",
+                                "95%", "high", "params", "changed"]  # fmt: skip
+    assert max(map(len, lines)) <= 120  # a terminal's width, where `dvc exp show` is 17,000 characters wide
+    blocks: dict[str, list[list[str]]] = {}  # each row's lines, split into cells
+    for line in lines[2:]:
+        if not line.startswith(" "):
+            name = line.split("  ")[0]
+            blocks[name] = []
+            line = line[len(name) :]
+        blocks[name].append(line.split())
+    assert list(blocks)[0] == "workspace" and len(blocks) == 3, list(blocks)
+    exp = next(name for name in blocks if name.endswith("[tweaked]"))
+    base = next(name for name in blocks if name not in ("workspace", exp))
+    # round, samples, flagged, train loss, average, 95% low, 95% high (from the files the demo fixture wrote)
+    assert [row[:7] for row in blocks[base]] == [
+        ["0", "32", "-", "1.6", "0.25", *blocks[base][0][5:7]],
+        ["1", "32", "10", "1.6", "0.5", *blocks[base][1][5:7]],
+        ["2", "32", "10", "1.6", "0.75", *blocks[base][2][5:7]],
+    ]
+    low, high = (float(x) for x in blocks[base][2][5:7])
+    assert low < 0.75 < high
+    assert blocks[exp][2][4] == "1"  # round 2's average in the experiment
+    # the experiment names the params it changed, one a line; the commit row compares with nothing
+    assert [row[7:] for row in blocks[exp]] == [["base.seed=7"], ['refine.merge="model"'], []]
+    assert all(len(row) == 7 for row in blocks[base])
+    # the workspace, still holding the changes, against HEAD
+    assert [row[7:] for row in blocks["workspace"]] == [["base.seed=7"], ['refine.merge="model"'], []]
