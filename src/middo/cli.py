@@ -105,7 +105,10 @@ def _verify_lock(args: argparse.Namespace) -> None:
 def _exp(args: argparse.Namespace) -> None:
     from middo.exp_table import dvc_exp_show, render, table_rows
 
-    print(render(table_rows(dvc_exp_show(args.repo, args.dvc_args)), markdown=args.md), end="")
+    problems: list[str] = []
+    print(render(table_rows(dvc_exp_show(args.repo, args.dvc_args), problems), markdown=args.md), end="")
+    for line in problems:
+        print(f"middo exp: warning: {line}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,33 +80,40 @@ def _format(value) -> str:
     return str(value)
 
 
-def table_rows(exp_show: Sequence[Mapping]) -> list[tuple[str, ...]]:
+def table_rows(exp_show: Sequence[Mapping], problems: list[str] | None = None) -> list[tuple[str, ...]]:
     """The long-form rows (without the header) of a ``dvc exp show --json`` result.
 
-    Raises:
-        MiddoError: when DVC reported a row or a metrics file it could not load, naming it.
+    A metrics file DVC could not load shows ``!`` in its cells, as in DVC's own table, and ``problems`` (when given)
+    gets a line naming the experiment, the file and DVC's error: one broken revision does not hide the others.
     """
     rows: list[tuple[str, ...]] = []
     for name, data, base in _rows_of(exp_show):
-        files: dict[int, dict[str, Mapping]] = {}
+        files: dict[int, dict[str, Mapping | None]] = {}
         for path, entry in (data.get("metrics") or {}).items():
             match = ROUND_FILE.match(path)
             if not match:
                 continue
             if entry.get("error"):
-                raise MiddoError(f"dvc exp show: {name}: {path} could not be read: {entry['error']}")
+                if problems is not None:
+                    problems.append(f"{name}: {path} could not be read: {entry['error']}")
+                files.setdefault(int(match[1]), {})[match[2]] = None
+                continue
             files.setdefault(int(match[1]), {})[match[2]] = entry.get("data") or {}
         changed: list[str] = []
         if base is not None:
             mine, theirs = _params(data), _params(base)
-            keys = sorted(set(mine) | set(theirs))
-            changed = [f"{k}={json.dumps(mine.get(k))}" for k in keys if mine.get(k) != theirs.get(k)]
+            names = sorted(set(mine) | set(theirs))
+            changed = [f"{k}={json.dumps(mine.get(k))}" for k in names if mine.get(k) != theirs.get(k)]
         rounds = sorted(files) or [None]
         for i in range(max(len(rounds), len(changed))):  # a changed param per line, beside the rounds
             if i < len(rounds):
                 r = rounds[i]
                 cells = ["-" if r is None else str(r)]
-                cells += [_format(_dig(files.get(r, {}).get(f), keys)) for f, keys in COLUMNS.values()]
+                got = files.get(r, {})
+                cells += [
+                    "!" if f in got and got[f] is None else _format(_dig(got.get(f), keys))
+                    for f, keys in COLUMNS.values()
+                ]
             else:
                 cells = [""] * (1 + len(COLUMNS))
             rows.append((name if i == 0 else "", *cells, changed[i] if i < len(changed) else ""))
