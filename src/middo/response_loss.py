@@ -51,26 +51,26 @@ class ResponseLogitsSFTTrainer(SFTTrainer):
         targets = labels[0, 1:]  # the logits at position i predict token i + 1
         kept = (targets != IGNORE).nonzero().squeeze(-1)
         outputs = model(**inputs, use_cache=False, logits_to_keep=kept)
-        logits = outputs.logits[0].float()  # (len(kept), vocab)
+        # (len(kept), vocab); cross_entropy is nll_loss of log_softmax, whose result the metrics reuse
+        log_p = torch.log_softmax(outputs.logits[0].float(), dim=-1)
         targets = targets[kept]
         count = torch.as_tensor(kept.numel() if num_items_in_batch is None else num_items_in_batch)
         # clamped as TRL does: a batch with no scored token is a finite zero, not 0 / 0
-        loss = F.cross_entropy(logits, targets, reduction="sum") / count.to(logits.device).clamp(min=1)
+        loss = F.nll_loss(log_p, targets, reduction="sum") / count.to(log_p.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # DDP averages the gradients
-        self._log_batch(inputs, logits.detach(), targets)
+        self._log_batch(inputs, log_p.detach(), targets)
         return loss
 
-    def _log_batch(self, inputs, logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def _log_batch(self, inputs, log_p: torch.Tensor, targets: torch.Tensor) -> None:
         """The metrics TRL's ``compute_loss`` logs: entropy, token accuracy and the running token count, which
         :class:`middo.train.LiveCurves` turns into the tokens curve."""
         gather = self.accelerator.gather_for_metrics
         with torch.no_grad():
-            log_p = torch.log_softmax(logits, dim=-1)
             entropy = -(log_p.exp() * log_p).sum(-1)
             num_valid = gather(torch.tensor(targets.numel())).sum()
             entropy_sum = gather(entropy.sum()).sum()
-            num_correct = gather((logits.argmax(-1) == targets).sum()).sum()
+            num_correct = gather((log_p.argmax(-1) == targets).sum()).sum()
         metrics = self._metrics["train"]
         metrics["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
         metrics["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
