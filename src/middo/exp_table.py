@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from middo.errors import MiddoError
+from middo.lockcheck import flatten
 
 ROUND_FILE = re.compile(r"^metrics/round_(\d+)/([a-z_]+)\.json$")
 # column: (the round's metrics file, the key path in it)
@@ -40,18 +41,12 @@ def _dig(tree, keys: Sequence[str]):
     return tree
 
 
-def _flat(tree, prefix: str = "") -> dict[str, object]:
-    if isinstance(tree, Mapping):
-        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
-
-
 def _params(data: Mapping) -> dict[str, object]:
     """Every param of a row, as ``file:key`` for files other than params.yaml (DVC's own naming)."""
     out: dict[str, object] = {}
     for path, entry in (data.get("params") or {}).items():
         prefix = "" if path == "params.yaml" else f"{path}:"
-        out.update({prefix + k: v for k, v in _flat(entry.get("data") or {}).items()})
+        out.update({prefix + k: v for k, v in flatten(entry.get("data") or {}).items()})
     return out
 
 
@@ -124,7 +119,7 @@ def render(rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
     """An aligned text table, or a Markdown one."""
     table = [HEADER, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
-    numeric = {i for i in range(1, len(HEADER) - 1)}
+    numeric = set(range(1, len(HEADER) - 1))
 
     def line(row) -> str:
         cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]

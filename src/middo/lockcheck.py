@@ -90,11 +90,12 @@ class LockComparison:
         return self.verdict != NOT_REPRODUCED
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, DVC's names for params and metrics; an empty mapping stays a value."""
     flat: dict[str, object] = {}
     for key, value in (tree or {}).items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -108,7 +109,7 @@ def parse_lock(lock: dict) -> dict[str, StageLock]:
         params = {
             f"{file}:{key}": value
             for file, tree in (st.get("params") or {}).items()
-            for key, value in _flatten(tree).items()
+            for key, value in flatten(tree).items()
         }
         stages[name] = StageLock(
             deps={d["path"]: d.get("md5", "") for d in st.get("deps", [])},
@@ -148,7 +149,7 @@ def _is_volatile(path: str) -> bool:
 
 def env_differences(reference: dict, current: dict) -> list[tuple[str, object, object]]:
     """``(field, reference value, this run's value)`` for every env field that differs, flattened (``cpu.avx2``)."""
-    ref, cur = _flatten(reference), _flatten(current)
+    ref, cur = flatten(reference), flatten(current)
     return [(k, ref.get(k), cur.get(k)) for k in sorted(ref.keys() | cur.keys()) if ref.get(k) != cur.get(k)]
 
 
